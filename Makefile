@@ -1,0 +1,81 @@
+# WaveGlow toolkit: every everyday task is a make target. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON     ?= python3
+VENV       ?= .venv
+# torch is pinned here, not in pyproject.toml, so the build can be chosen. CUDA users:
+#   make install TORCH_SPEC=torch==2.13.0 TORCH_INDEX='--index-url https://download.pytorch.org/whl/cu128'
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+
+PY    := $(VENV)/bin/python
+BIN   := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+# Training / synthesis defaults (override on the command line: make train MODEL=waveglow_512)
+DATA   ?= ljspeech
+MODEL  ?= waveglow_256
+NPROC  ?= 1
+ARGS   ?=
+CKPT   ?=
+MELS   ?=
+OUT    ?= outputs/synth
+LJSPEECH_URL    ?= https://data.keithito.com/data/speech/LJSpeech-1.1.tar.bz2
+LJSPEECH_SHA256 ?= be1a30453f28eb8dd26af4101ae40cbf2c50413b1bb21936cbcdc6fae3de8aa5
+
+.PHONY: help install test test-all demo ljspeech preprocess train synthesize tensorboard bench lint clean
+
+help: ## list the targets
+	@echo "WaveGlow toolkit — make targets:"
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+	@echo "Variables: DATA=$(DATA) MODEL=$(MODEL) NPROC=$(NPROC) TORCH_SPEC=$(TORCH_SPEC) ARGS='key=value ...'"
+
+install: $(STAMP) ## create .venv and install the package (editable, with dev tools)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_INDEX) "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+test: install ## run the test suite (CPU; CUDA cases skip without a GPU)
+	$(PY) -m pytest -q
+
+test-all: install ## the test suite including the slow cases
+	$(PY) -m pytest -q -m "slow or not slow"
+
+demo: install ## train a tiny model on the bundled corpus and synthesize its held-out clips (~5 min on CPU)
+	$(PY) scripts/demo.py
+
+ljspeech: install ## download LJSpeech-1.1 (checksum verified, resumable) into data/ and write its splits
+	$(BIN)/waveglow-download data=ljspeech data.download.url=$(LJSPEECH_URL) data.download.sha256=$(LJSPEECH_SHA256)
+
+preprocess: install ## cache mels, manifest, splits and mel statistics for DATA
+	$(BIN)/waveglow-preprocess data=$(DATA) $(ARGS)
+
+train: install ## train MODEL on DATA (NPROC=N for torchrun DDP); resumes when run_dir exists
+ifeq ($(NPROC),1)
+	$(BIN)/waveglow-train data=$(DATA) model=$(MODEL) $(ARGS)
+else
+	$(BIN)/torchrun --standalone --nproc_per_node=$(NPROC) $(BIN)/waveglow-train data=$(DATA) model=$(MODEL) $(ARGS)
+endif
+
+synthesize: install ## vocode mel files: make synthesize CKPT=run/checkpoints/best.pt MELS=mels/ OUT=wavs/
+	@test -n "$(CKPT)" || { echo "error: set CKPT=<checkpoint.pt>"; exit 2; }
+	@test -n "$(MELS)" || { echo "error: set MELS=<mel file | dir | glob | filelist>"; exit 2; }
+	$(BIN)/waveglow-synthesize checkpoint=$(CKPT) input='$(MELS)' output_dir=$(OUT) $(ARGS)
+
+tensorboard: install ## serve the training curves of every run under checkpoints/ on localhost:6006
+	$(BIN)/tensorboard --logdir checkpoints --host 127.0.0.1 --port 6006
+
+bench: install ## speed table (kHz, real-time factor, % of machine peak) for tiny, squeeze and waveglow_256
+	$(BIN)/waveglow-bench $(ARGS)
+
+lint: install ## ruff
+	$(BIN)/ruff check waveglow tests scripts
+
+clean: ## remove outputs and caches (keeps .venv, checkpoints/ and data/)
+	rm -rf outputs .pytest_cache .ruff_cache data/demo/cache
+	find . -name __pycache__ -type d -not -path './.venv/*' -prune -exec rm -rf {} +

@@ -1,0 +1,32 @@
+"""WaveGlow: train and run mel-conditioned normalizing-flow vocoders with exact likelihoods.
+
+Public API (imported lazily so that `import waveglow` stays fast for the CLIs):
+    MelSpectrogram  log-mel frontend (Tacotron 2 / NVIDIA convention)
+    WaveGlow        the flow: log_prob / encode / decode / infer
+    load_model      a checkpoint of this project -> eval-mode WaveGlow
+    Synthesizer     mel files -> WAV files, batched, on CPU or CUDA
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "MelSpectrogram": "waveglow.mel",
+    "WaveGlow": "waveglow.model",
+    "load_model": "waveglow.checkpoint",
+    "Synthesizer": "waveglow.synthesize",
+    "UserError": "waveglow.errors",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'waveglow' has no attribute {name!r}")
