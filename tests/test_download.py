@@ -1,0 +1,268 @@
+"""`make ljspeech` offline: a tiny LJSpeech-like tar.bz2 served from file:// and a loopback server."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.conftest import run_cli
+from waveglow.download import MARKER, download, download_and_extract, safe_extract
+from waveglow.errors import UserError
+
+TOP = "LJSpeech-1.1"
+N_CLIPS = 6
+SR = 22050
+
+
+def _tar_bytes(members: list[tuple[tarfile.TarInfo, bytes | None]], mode: str = "w:bz2") -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode) as tar:
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buf.getvalue()
+
+
+def _file(name: str, data: bytes) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.mode = 0o644
+    return info, data
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A tiny LJSpeech-1.1.tar.bz2 (N_CLIPS short noisy tones + metadata.csv) and its sha256."""
+    rng = np.random.default_rng(0)
+    members = []
+    lines = []
+    for i in range(N_CLIPS):
+        clip_id = f"LJ001-{i + 1:04d}"
+        t = np.arange(int(0.3 * SR)) / SR
+        audio = 0.3 * np.sin(2 * np.pi * (150 + 40 * i) * t) + 0.01 * rng.standard_normal(t.size)
+        wav = io.BytesIO()
+        sf.write(wav, audio.astype(np.float32), SR, subtype="PCM_16", format="WAV")
+        members.append(_file(f"{TOP}/wavs/{clip_id}.wav", wav.getvalue()))
+        lines.append(f"{clip_id}|Clip {i + 1}.|Clip {i + 1}.")
+    members.insert(0, _file(f"{TOP}/metadata.csv", ("\n".join(lines) + "\n").encode()))
+    members.append(_file(f"{TOP}/README", b"tiny test corpus\n"))
+    data = _tar_bytes(members)
+    path = tmp_path_factory.mktemp("remote") / f"{TOP}.tar.bz2"
+    path.write_bytes(data)
+    return path, hashlib.sha256(data).hexdigest()
+
+
+class _Server:
+    """A loopback HTTP server for one file that records the Range headers it received."""
+
+    def __init__(self, payload: bytes, honour_range: bool = True, truncate_first: bool = False):
+        self.payload = payload
+        self.honour_range = honour_range
+        self.truncate_first = truncate_first  # the first response stops half way
+        self.ranges: list[str | None] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                rng = self.headers.get("Range")
+                server.ranges.append(rng)
+                body, start = server.payload, 0
+                if rng and server.honour_range:
+                    start = int(rng.removeprefix("bytes=").split("-")[0])
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", str(len(body) - start))
+                self.end_headers()
+                chunk = body[start:]
+                if server.truncate_first and len(server.ranges) == 1:
+                    chunk = chunk[: len(chunk) // 2]
+                    self.close_connection = True
+                self.wfile.write(chunk)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/{TOP}.tar.bz2"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def serve(archive: tuple[Path, str]) -> Iterator:
+    servers: list[_Server] = []
+
+    def start(**kwargs: bool) -> _Server:
+        servers.append(_Server(archive[0].read_bytes(), **kwargs))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+def _check_corpus(root: Path) -> None:
+    assert (root / "metadata.csv").read_text().count("\n") == N_CLIPS
+    assert len(list((root / "wavs").glob("*.wav"))) == N_CLIPS
+    assert json.loads((root / MARKER).read_text())["sha256"]
+    assert not list(root.parent.glob(".*extracting*"))
+
+
+def test_file_url_success_then_idempotent(archive, tmp_path, caplog):
+    src, sha = archive
+    root, arc = tmp_path / "data" / TOP, tmp_path / "data" / "lj.tar.bz2"
+    download_and_extract(src.as_uri(), sha, arc, root, TOP, progress=False)
+    _check_corpus(root)
+    assert arc.is_file() and not arc.with_name(arc.name + ".part").exists()
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
+    src_missing = tmp_path / "gone.tar.bz2"  # a second run must not even look at the URL
+    with caplog.at_level("INFO", logger="waveglow"):
+        download_and_extract(src_missing.as_uri(), sha, arc, root, TOP, progress=False)
+    assert "already there" in caplog.text
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == before
+
+
+def test_http_resume_uses_range(archive, serve, tmp_path):
+    src, sha = archive
+    server = serve()
+    arc = tmp_path / "lj.tar.bz2"
+    part = tmp_path / "lj.tar.bz2.part"
+    half = src.stat().st_size // 2
+    part.write_bytes(src.read_bytes()[:half])
+    download(server.url, arc, sha, progress=False)
+    assert server.ranges == [f"bytes={half}-"]
+    assert arc.read_bytes() == src.read_bytes() and not part.exists()
+
+
+def test_http_restarts_when_range_ignored(archive, serve, tmp_path):
+    src, sha = archive
+    server = serve(honour_range=False)
+    arc = tmp_path / "lj.tar.bz2"
+    (tmp_path / "lj.tar.bz2.part").write_bytes(b"stale bytes from another file")
+    download(server.url, arc, sha, progress=False)
+    assert server.ranges == ["bytes=29-"]
+    assert arc.read_bytes() == src.read_bytes()
+
+
+def test_http_interrupted_transfer_resumes(archive, serve, tmp_path, monkeypatch):
+    monkeypatch.setattr("waveglow.download.time.sleep", lambda s: None)
+    src, sha = archive
+    server = serve(truncate_first=True)
+    root = tmp_path / TOP
+    download_and_extract(server.url, sha, tmp_path / "lj.tar.bz2", root, progress=False)
+    assert server.ranges[0] is None and server.ranges[1].startswith("bytes=")
+    _check_corpus(root)
+
+
+def test_file_url_resume(archive, tmp_path):
+    src, sha = archive
+    arc = tmp_path / "lj.tar.bz2"
+    (tmp_path / "lj.tar.bz2.part").write_bytes(src.read_bytes()[:100])
+    download(src.as_uri(), arc, sha, progress=False)
+    assert arc.read_bytes() == src.read_bytes()
+
+
+def test_wrong_checksum_deletes_and_says_so(archive, serve, tmp_path):
+    src, sha = archive
+    server = serve()
+    wrong = "0" * 64
+    root, arc = tmp_path / TOP, tmp_path / "lj.tar.bz2"
+    part = tmp_path / "lj.tar.bz2.part"
+    part.write_bytes(src.read_bytes()[:50])  # a resumed download is checked as a whole too
+    with pytest.raises(UserError, match=f"sha256 mismatch: expected {wrong}, got {sha}.*deleted"):
+        download_and_extract(server.url, wrong, arc, root, TOP, progress=False)
+    assert not part.exists() and not arc.exists() and not root.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_inputs(archive, tmp_path):
+    src, sha = archive
+    with pytest.raises(UserError, match="64 hex digits"):
+        download(src.as_uri(), tmp_path / "a", "abc", progress=False)
+    with pytest.raises(UserError, match="expected an http"):
+        download("ftp://example.invalid/x.tar.bz2", tmp_path / "a", sha, progress=False)
+    with pytest.raises(UserError, match="cannot read"):
+        download((tmp_path / "missing.tar.bz2").as_uri(), tmp_path / "a", sha, progress=False)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "metadata.csv").write_text("x|y|z\n")
+    with pytest.raises(UserError, match="not made by waveglow-download"):
+        download_and_extract(src.as_uri(), sha, tmp_path / "a.tar.bz2", tmp_path / "mine", progress=False)
+    with pytest.raises(UserError, match="top-level folder 'nope'"):
+        download_and_extract(src.as_uri(), sha, tmp_path / "a.tar.bz2", tmp_path / "c", "nope", progress=False)
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("evil", ["../evil", "/tmp/evil-abs", "link-out", "hardlink-out", "LJSpeech-1.1/../../evil"])
+def test_malicious_members_refused(tmp_path, evil):
+    members = [_file(f"{TOP}/metadata.csv", b"a|b|c\n")]
+    if evil == "link-out":
+        info = tarfile.TarInfo(f"{TOP}/wavs")
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc"
+        members.append((info, None))
+    elif evil == "hardlink-out":
+        info = tarfile.TarInfo(f"{TOP}/passwd")
+        info.type, info.linkname = tarfile.LNKTYPE, "../../etc/passwd"
+        members.append((info, None))
+    else:
+        members.append(_file(evil, b"pwned\n"))
+    data = _tar_bytes(members, mode="w:gz")
+    src = tmp_path / "remote" / "evil.tar.gz"
+    src.parent.mkdir()
+    src.write_bytes(data)
+    dest = tmp_path / "data" / "inner"
+    with pytest.raises(UserError, match="refusing to extract"):
+        download_and_extract(src.as_uri(), hashlib.sha256(data).hexdigest(), tmp_path / "data" / "evil.tar.gz",
+                             dest / TOP, TOP, progress=False)
+    assert not (dest / TOP).exists()
+    assert not (tmp_path / "evil").exists() and not (tmp_path / "data" / "evil").exists()
+    assert not Path("/tmp/evil-abs").exists()
+    assert not dest.exists() or not list(dest.iterdir())  # the temporary extraction folder is gone
+    # safe_extract on its own refuses it too, before writing the bad member.
+    into = tmp_path / "into"
+    into.mkdir()
+    with pytest.raises(UserError, match="refusing"):
+        safe_extract(src, into, progress=False)
+
+
+def test_cli_downloads_extracts_and_writes_splits(archive, tmp_path):
+    src, sha = archive
+    root = tmp_path / "data" / TOP
+    args = ["data=ljspeech", f"data.root={root}", f"data.download.url={src.as_uri()}",
+            f"data.download.sha256={sha}", f"data.download.archive={tmp_path / 'data' / 'lj.tar.bz2'}",
+            "data.splits.n_val=1", "data.splits.n_test=1", "progress=false"]
+    run_cli("waveglow-download", *args)
+    _check_corpus(root)
+    ids = []
+    for split in ("train", "val", "test"):
+        ids += (root / "splits" / f"{split}.txt").read_text().split()
+    assert sorted(ids) == [f"LJ001-{i + 1:04d}" for i in range(N_CLIPS)]
+    second = run_cli("waveglow-download", *args)
+    assert "already there" in second.stderr + second.stdout
+
+
+def test_cli_errors(archive, tmp_path):
+    proc = run_cli("waveglow-download", "data=demo", check=False)
+    assert proc.returncode == 2 and "data=demo has no download section" in proc.stderr
+    src, _ = archive
+    proc = run_cli("waveglow-download", f"data.root={tmp_path / TOP}", f"data.download.url={src.as_uri()}",
+                   f"data.download.sha256={'f' * 64}", f"data.download.archive={tmp_path / 'a.tar.bz2'}",
+                   "progress=false", check=False)
+    assert proc.returncode == 2 and "sha256 mismatch" in proc.stderr
+    assert proc.stderr.count("\n") <= 2 and "Traceback" not in proc.stderr
+    assert not (tmp_path / "a.tar.bz2.part").exists() and not (tmp_path / TOP).exists()
