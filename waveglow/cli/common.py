@@ -70,13 +70,14 @@ def to_container(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
-def save_resolved_config(cfg: DictConfig | dict, directory: str | os.PathLike) -> Path:
-    """Write `config.yaml` (resolved) into `directory`, atomically."""
+def save_resolved_config(cfg: DictConfig | dict, directory: str | os.PathLike,
+                         name: str = "config.yaml") -> Path:
+    """Write the resolved config as `directory/name` (default `config.yaml`), atomically."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     conf = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
     text = OmegaConf.to_yaml(conf, resolve=True)
-    path = directory / "config.yaml"
+    path = directory / name
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
