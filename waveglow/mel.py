@@ -1,0 +1,281 @@
+"""The log-mel frontend (Tacotron 2 / NVIDIA WaveGlow convention), mel files, mel statistics.
+
+The features must match what Tacotron 2 produces, or its mels will not vocode: magnitude (not
+power) STFT with a periodic Hann window and reflect padding, a Slaney-normalized mel
+filterbank, and natural log of the magnitude clamped at 1e-5.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from waveglow.errors import UserError
+
+MEL_SUFFIXES = (".pt", ".npy")
+
+
+class MelSpectrogram(nn.Module):
+    """Float audio in [-1, 1] -> natural-log mel magnitude spectrogram.
+
+    Frame f is centred at sample f * hop_length (the signal is reflect-padded by n_fft / 2),
+    so T samples give 1 + T // hop_length frames.
+
+    Args:
+        sampling_rate: Hz.
+        n_fft: FFT size.
+        hop_length: samples between frames.
+        win_length: Hann window length (<= n_fft, zero-padded to n_fft on both sides).
+        n_mels: mel channels.
+        fmin, fmax: filterbank range in Hz (fmax None -> sampling_rate / 2).
+        log_clamp: magnitudes below this are raised to it before the log.
+    """
+
+    window: torch.Tensor
+    mel_basis: torch.Tensor
+
+    def __init__(self, sampling_rate: int = 22050, n_fft: int = 1024, hop_length: int = 256,
+                 win_length: int = 1024, n_mels: int = 80, fmin: float = 0.0,
+                 fmax: float | None = 8000.0, log_clamp: float = 1e-5) -> None:
+        super().__init__()
+        if not 0 < win_length <= n_fft:
+            raise UserError(f"audio.win_length={win_length}: expected 0 < win_length <= n_fft ({n_fft})")
+        if hop_length <= 0 or n_mels <= 0 or log_clamp <= 0:
+            raise UserError("audio settings: hop_length, n_mels and log_clamp must be positive")
+        nyquist = sampling_rate / 2
+        if fmax is not None and not fmin < fmax <= nyquist:
+            raise UserError(f"audio.fmax={fmax}: expected fmin ({fmin}) < fmax <= sampling_rate/2 ({nyquist})")
+        import librosa.filters  # slow import; only needed once per module
+
+        self.sampling_rate = int(sampling_rate)
+        self.n_fft = int(n_fft)
+        self.hop_length = int(hop_length)
+        self.win_length = int(win_length)
+        self.n_mels = int(n_mels)
+        self.fmin = float(fmin)
+        self.fmax = float(fmax) if fmax is not None else None
+        self.log_clamp = float(log_clamp)
+        basis = librosa.filters.mel(sr=sampling_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax,
+                                    htk=False, norm="slaney", dtype=np.float32)
+        # Buffers (not parameters): they move with .to(device) but are not trained. Not
+        # persistent: they are a pure function of the settings, which checkpoints store.
+        self.register_buffer("window", torch.hann_window(win_length, periodic=True), persistent=False)
+        self.register_buffer("mel_basis", torch.from_numpy(basis), persistent=False)
+
+    @classmethod
+    def from_config(cls, audio_cfg: Mapping[str, Any]) -> MelSpectrogram:
+        """Build from the `audio` config block (cfg.audio: a DictConfig or plain dict)."""
+        fmax = audio_cfg.get("fmax")
+        return cls(sampling_rate=int(audio_cfg["sampling_rate"]), n_fft=int(audio_cfg["n_fft"]),
+                   hop_length=int(audio_cfg["hop_length"]), win_length=int(audio_cfg["win_length"]),
+                   n_mels=int(audio_cfg["n_mels"]), fmin=float(audio_cfg.get("fmin", 0.0)),
+                   fmax=None if fmax is None else float(fmax),
+                   log_clamp=float(audio_cfg.get("log_clamp", 1e-5)))
+
+    def n_frames(self, n_samples: int) -> int:
+        """Frames produced for `n_samples` of audio (centred framing)."""
+        return 1 + n_samples // self.hop_length
+
+    def forward(self, audio: torch.Tensor, center: bool = True) -> torch.Tensor:
+        """Log-mel spectrogram.
+
+        Args:
+            audio: float [B, T] or [T], nominally in [-1, 1].
+            center: True (the convention) reflect-pads n_fft/2 on both sides; False frames the
+                input as given (the caller supplies the context), giving 1 + (T - n_fft) // hop.
+
+        Returns:
+            [B, n_mels, 1 + T // hop] (or [n_mels, F] for 1-D input); float32 for half/bfloat16
+            input (the STFT needs at least single precision), else the input's dtype.
+        """
+        squeeze = audio.dim() == 1
+        if squeeze:
+            audio = audio.unsqueeze(0)
+        if audio.dim() != 2:
+            raise UserError(f"MelSpectrogram: expected audio [B, T] or [T], got shape {list(audio.shape)}")
+        n = audio.shape[-1]
+        min_len = self.n_fft // 2 + 1 if center else self.n_fft
+        if n < min_len:
+            raise UserError(f"audio too short for a mel spectrogram: {n} samples, need at least {min_len} "
+                            f"(n_fft={self.n_fft})")
+        dtype = audio.dtype if audio.dtype in (torch.float32, torch.float64) else torch.float32
+        audio = audio.to(dtype)
+        # Under mixed precision the filterbank product would run in half precision, where the
+        # 1e-5 clamp is subnormal and quiet channels lose their digits.
+        with torch.autocast(device_type=audio.device.type, enabled=False):
+            spec = torch.stft(audio, n_fft=self.n_fft, hop_length=self.hop_length, win_length=self.win_length,
+                              window=self.window.to(dtype=dtype, device=audio.device), center=center,
+                              pad_mode="reflect", normalized=False, onesided=True, return_complex=True)
+            magnitude = spec.abs()  # [B, n_fft/2 + 1, F]
+            mel = torch.matmul(self.mel_basis.to(dtype=dtype, device=audio.device), magnitude)
+            mel = torch.log(torch.clamp(mel, min=self.log_clamp))
+        return mel[0] if squeeze else mel
+
+
+def load_mel(path: str | os.PathLike, n_mels: int) -> torch.Tensor:
+    """Read a mel file written by this toolkit, Tacotron 2 or NVIDIA inference scripts.
+
+    Args:
+        path: `.pt` (a plain tensor saved with torch.save; loaded with weights_only=True) or `.npy`.
+        n_mels: the expected number of mel channels.
+
+    Returns:
+        float32 [n_mels, F] (a leading batch axis of 1 is dropped).
+
+    Raises:
+        UserError: missing/truncated/not-a-tensor file, wrong shape, empty, NaN/Inf.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such mel file")
+    suffix = path.suffix.lower()
+    if suffix == ".pt":
+        mel = _load_pt(path)
+    elif suffix == ".npy":
+        mel = _load_npy(path)
+    else:
+        raise UserError(f"{path}: unknown mel file type {path.suffix!r}; expected .pt or .npy")
+    return check_mel(mel, n_mels, str(path))
+
+
+def check_mel(mel: torch.Tensor, n_mels: int, name: str = "mel") -> torch.Tensor:
+    """Validate a mel tensor: float32 [n_mels, F] with F >= 1 and finite values (see `load_mel`)."""
+    if not mel.is_floating_point():
+        raise UserError(f"{name}: expected a real float tensor [n_mels={n_mels}, frames], got dtype {mel.dtype}")
+    if mel.dim() == 3 and mel.shape[0] == 1:
+        mel = mel[0]
+    if mel.dim() != 2:
+        raise UserError(f"{name}: expected a mel spectrogram [n_mels={n_mels}, frames], got shape {list(mel.shape)}")
+    if mel.shape[0] != n_mels:
+        hint = " (transposed? expected channels first)" if mel.shape[1] == n_mels else ""
+        raise UserError(f"{name}: expected {n_mels} mel channels [n_mels, frames], got shape "
+                        f"{list(mel.shape)}{hint}")
+    if mel.shape[1] == 0:
+        raise UserError(f"{name}: empty mel spectrogram (0 frames)")
+    mel = mel.float()
+    if not torch.isfinite(mel).all():
+        raise UserError(f"{name}: mel spectrogram contains NaN or Inf")
+    return mel.contiguous()
+
+
+def _load_pt(path: Path) -> torch.Tensor:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # weights_only refuses anything but tensors and plain containers: e.g. a pickle that
+        # would run code on load. Never retry without it.
+        raise UserError(f"{path}: not a tensor file (refused to unpickle arbitrary objects); "
+                        "expected a float tensor [n_mels, frames] saved with torch.save") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as e:
+        raise UserError(f"{path}: truncated or corrupt .pt file ({str(e).splitlines()[0][:120]}); "
+                        "expected a float tensor [n_mels, frames] saved with torch.save") from None
+    if not isinstance(obj, torch.Tensor):
+        raise UserError(f"{path}: holds a {type(obj).__name__}, not a tensor; expected a float tensor "
+                        "[n_mels, frames] saved with torch.save")
+    return obj
+
+
+def _load_npy(path: Path) -> torch.Tensor:
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as e:
+        raise UserError(f"{path}: truncated or not a numeric .npy array ({str(e).splitlines()[0][:120]})") from None
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind != "f":
+        raise UserError(f"{path}: expected a float array [n_mels, frames], got dtype "
+                        f"{getattr(arr, 'dtype', type(arr).__name__)}")
+    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+
+
+def save_mel(path: str | os.PathLike, mel: torch.Tensor | np.ndarray) -> Path:
+    """Write a mel [n_mels, F] as float32, atomically; `.pt` (torch.save of a plain tensor) or `.npy`.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in MEL_SUFFIXES:
+        raise UserError(f"{path}: cannot write mel with suffix {path.suffix!r}; expected .pt or .npy")
+    if isinstance(mel, np.ndarray):
+        mel = torch.from_numpy(mel)
+    # clone(): torch.save of a view would store the whole underlying storage.
+    mel = mel.detach().to("cpu", torch.float32).contiguous().clone()
+    buf = io.BytesIO()
+    if suffix == ".pt":
+        torch.save(mel, buf)
+    else:
+        np.save(buf, mel.numpy(), allow_pickle=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_bytes(buf.getvalue())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+class MelStats:
+    """Streaming per-channel mean and standard deviation of log-mels.
+
+    Accumulates count, mean and the sum of squared deviations in float64 and merges batches
+    with the pairwise (Chan et al.) update, so millions of frames lose no precision and
+    partial results from worker processes combine exactly.
+
+    Args:
+        n_mels: number of channels.
+    """
+
+    def __init__(self, n_mels: int) -> None:
+        self.n_mels = n_mels
+        self.count = 0
+        self.mean = np.zeros(n_mels, dtype=np.float64)
+        self.m2 = np.zeros(n_mels, dtype=np.float64)
+
+    def update(self, mel: torch.Tensor | np.ndarray) -> None:
+        """Add the frames of one mel [n_mels, F]."""
+        x = mel.detach().cpu().double().numpy() if isinstance(mel, torch.Tensor) else np.asarray(mel, np.float64)
+        if x.ndim != 2 or x.shape[0] != self.n_mels:
+            raise ValueError(f"MelStats.update: expected [{self.n_mels}, F], got {list(x.shape)}")
+        n = x.shape[1]
+        if n == 0:
+            return
+        mean = x.mean(axis=1)
+        m2 = ((x - mean[:, None]) ** 2).sum(axis=1)
+        self._combine(n, mean, m2)
+
+    def merge(self, other: MelStats) -> None:
+        """Fold in the frames counted by another MelStats."""
+        if other.n_mels != self.n_mels:
+            raise ValueError("MelStats.merge: channel counts differ")
+        if other.count:
+            self._combine(other.count, other.mean, other.m2)
+
+    def _combine(self, n: int, mean: np.ndarray, m2: np.ndarray) -> None:
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + m2 + delta**2 * (self.count * n / total)
+        self.count = total
+
+    def std(self, floor: float = 1e-5) -> np.ndarray:
+        """Population standard deviation per channel (float64), floored so it can divide."""
+        if self.count == 0:
+            raise ValueError("MelStats: no frames")
+        return np.maximum(np.sqrt(self.m2 / self.count), floor)
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        """{"mean": float32 [n_mels], "std": float32 [n_mels]} (the stats.pt format)."""
+        if self.count == 0:
+            raise ValueError("MelStats: no frames")
+        return {"mean": torch.from_numpy(self.mean.astype(np.float32)),
+                "std": torch.from_numpy(self.std().astype(np.float32))}
