@@ -1,0 +1,201 @@
+"""The flow parts: exact inverses, log-dets against autograd Jacobians, weight norm, precision."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.autograd.functional import jacobian
+
+from waveglow.conditioner import WN, WNConv1d
+from waveglow.flows import (
+    AdditiveCoupling,
+    AffineCoupling,
+    Invertible1x1Conv,
+    Squeeze,
+    Unsqueeze,
+)
+
+B, C, N, N_COND = 2, 6, 5, 3
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tensors are tiny: on a shared 2-core machine a second OpenMP thread only adds
+    barrier waits (measured: this file runs ~10x slower with 2 threads under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _randomize_end(module: torch.nn.Module, scale: float = 0.3) -> None:
+    """Make the zero-initialized end layers non-zero so couplings are not the identity."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, WN):
+                m.end.weight.normal_(0, scale)
+                m.end.bias.normal_(0, scale)
+
+
+def _jacobian_logdet(part, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """log|det ∂y/∂x| per batch item via the full autograd Jacobian (float64)."""
+    out = []
+    for b in range(x.shape[0]):
+        xb, cb = x[b:b + 1], cond[b:b + 1]
+        jac = jacobian(lambda v, xb=xb, cb=cb: part(v.view_as(xb), cb)[0].reshape(-1), xb.reshape(-1))
+        out.append(torch.linalg.slogdet(jac)[1])
+    return torch.stack(out)
+
+
+def _coupling(cls, condition: str, start: int = 0, depthwise: bool = False):
+    torch.manual_seed(0)
+    part = cls(C, start, N_COND, n_layers=2, n_channels=4, kernel_size=3, depthwise=depthwise,
+               condition=condition, flow_index=0)
+    _randomize_end(part)
+    return part.double()
+
+
+def test_squeeze_layout_and_inverse():
+    x = torch.arange(24.0).view(2, 12)
+    sq = Squeeze(4)
+    y, logdet = sq(x, torch.empty(0))
+    assert y.shape == (2, 4, 3)
+    # channel j holds sample offset j of each group of 4 consecutive samples
+    assert torch.equal(y[0, 1], torch.tensor([1.0, 5.0, 9.0]))
+    assert torch.equal(logdet, torch.zeros(2))
+    assert torch.equal(sq.inverse(y, torch.empty(0)), x)
+    un = Unsqueeze(4)
+    assert torch.equal(un(y, torch.empty(0))[0], x)
+    assert torch.equal(un.inverse(x, torch.empty(0)), y)
+
+
+@pytest.mark.parametrize("start", [0, 2])
+def test_invertible_1x1_conv(start):
+    torch.manual_seed(1)
+    part = Invertible1x1Conv(C - start, start=start).double()
+    w = part.weight.squeeze(-1)
+    assert torch.allclose(w @ w.T, torch.eye(C - start, dtype=torch.float64), atol=1e-6)
+    assert torch.linalg.det(w) > 0
+    with torch.no_grad():
+        part.weight.add_(0.1 * torch.randn_like(part.weight))  # a generic (non-orthogonal) W
+    x = torch.randn(B, C, N, dtype=torch.float64)
+    y, logdet = part(x, torch.empty(0))
+    assert torch.equal(y[:, :start], x[:, :start])
+    assert torch.allclose(logdet, _jacobian_logdet(part, x, torch.empty(B, 0, N)), atol=1e-10)
+    assert (part.inverse(y, torch.empty(0)) - x).abs().max() < 1e-12
+
+
+def test_inverse_cache_follows_the_weight():
+    torch.manual_seed(2)
+    part = Invertible1x1Conv(4)
+    x = torch.randn(1, 4, 7)
+    with torch.inference_mode():
+        y = part(x, None)[0]
+        assert (part.inverse(y, None) - x).abs().max() < 1e-5
+    # An optimizer-style in-place update must invalidate the cached inverse.
+    with torch.no_grad():
+        part.weight.mul_(2.0)
+    with torch.inference_mode():
+        y = part(x, None)[0]
+        assert (part.inverse(y, None) - x).abs().max() < 1e-5
+    # So must load_state_dict.
+    other = Invertible1x1Conv(4)
+    part.load_state_dict(other.state_dict())
+    with torch.no_grad():
+        y = other(x, None)[0]
+        assert (part.inverse(y, None) - x).abs().max() < 1e-5
+    # Writes through .data bypass the version counter: invalidate_inverse() is the documented way.
+    part.weight.data.copy_(torch.linalg.qr(torch.randn(4, 4))[0].unsqueeze(-1))
+    part.invalidate_inverse()
+    with torch.no_grad():
+        y = part(x, None)[0]
+        assert (part.inverse(y, None) - x).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("cls", [AffineCoupling, AdditiveCoupling])
+@pytest.mark.parametrize("condition", ["first", "second"])
+@pytest.mark.parametrize("start", [0, 2])
+def test_coupling_inverse_and_logdet(cls, condition, start):
+    part = _coupling(cls, condition, start)
+    # The part acts on channels [start:], so the state has C + start channels in total.
+    x = torch.randn(B, C + start, N, dtype=torch.float64)
+    cond = torch.randn(B, N_COND, N, dtype=torch.float64)
+    y, logdet = part(x, cond)
+    assert torch.equal(y[:, :start], x[:, :start])
+    h = C // 2
+    kept = slice(start, start + h) if condition == "first" else slice(start + h, None)
+    assert torch.equal(y[:, kept], x[:, kept]), "the conditioning half must pass unchanged"
+    assert (part.inverse(y, cond) - x).abs().max() < 1e-12
+    assert torch.allclose(logdet, _jacobian_logdet(part, x, cond), atol=1e-10)
+    if cls is AdditiveCoupling:
+        assert torch.equal(logdet, torch.zeros(B, dtype=torch.float64))
+
+
+def test_coupling_is_identity_at_init():
+    torch.manual_seed(3)
+    part = AffineCoupling(C, 0, N_COND, n_layers=2, n_channels=4)
+    x, cond = torch.randn(B, C, N), torch.randn(B, N_COND, N)
+    y, logdet = part(x, cond)
+    assert torch.equal(y, x)
+    assert torch.equal(logdet, torch.zeros(B))
+
+
+def test_depthwise_coupling_round_trip():
+    part = _coupling(AffineCoupling, "first", depthwise=True)
+    x = torch.randn(B, C, N, dtype=torch.float64)
+    cond = torch.randn(B, N_COND, N, dtype=torch.float64)
+    y, logdet = part(x, cond)
+    assert (part.inverse(y, cond) - x).abs().max() < 1e-12
+    assert torch.allclose(logdet, _jacobian_logdet(part, x, cond), atol=1e-10)
+
+
+def test_weight_norm_conv_and_fold():
+    torch.manual_seed(4)
+    conv = WNConv1d(4, 6, 3, dilation=2).double()
+    # Initialized like torch's weight_norm: g = ||v|| per output channel, so weight == v.
+    assert torch.allclose(conv.kernel(), conv.weight_v)
+    with torch.no_grad():
+        conv.weight_g.mul_(1.7)
+    x = torch.randn(2, 4, 11, dtype=torch.float64)
+    ref = torch.nn.functional.conv1d(
+        x, conv.weight_g * conv.weight_v / conv.weight_v.norm(dim=(1, 2), keepdim=True),
+        conv.bias, padding=2, dilation=2)
+    before = conv(x)
+    assert torch.allclose(before, ref, atol=1e-12)
+    assert set(conv.state_dict()) == {"weight_g", "weight_v", "bias"}
+    assert conv.weight_g.shape == (6, 1, 1)
+    conv.remove_weight_norm()
+    conv.remove_weight_norm()  # idempotent
+    assert set(conv.state_dict()) == {"weight", "bias"}
+    assert torch.allclose(conv(x), before, atol=1e-12)
+
+
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_wn_fold_keeps_output(depthwise):
+    torch.manual_seed(5)
+    wn = WN(3, N_COND, 6, n_layers=3, n_channels=8, depthwise=depthwise).double()
+    _randomize_end(wn)
+    a, cond = torch.randn(B, 3, 16, dtype=torch.float64), torch.randn(B, N_COND, 16, dtype=torch.float64)
+    before = wn(a, cond)
+    with torch.inference_mode():
+        inplace = wn(a, cond)  # the allocation-saving inference path computes the same
+    assert torch.allclose(inplace, before, atol=1e-12)
+    wn.remove_weight_norm()
+    assert torch.allclose(wn(a, cond), before, atol=1e-12)
+
+
+def test_bf16_autocast_keeps_flow_math_in_float32():
+    torch.manual_seed(6)
+    conv = Invertible1x1Conv(C)
+    coup = AffineCoupling(C, 0, N_COND, n_layers=2, n_channels=8)
+    _randomize_end(coup)
+    x, cond = torch.randn(B, C, 32), torch.randn(B, N_COND, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, ld_w = conv(x, cond)
+        y2, ld_s = coup(y, cond)
+        back = conv.inverse(coup.inverse(y2, cond), cond)
+    for t in (y, ld_w, y2, ld_s, back):
+        assert t.dtype == torch.float32
+        assert torch.isfinite(t).all()
+    # Only the conditioner ran in bf16, and it runs identically both ways: exact round trip.
+    assert (back - x).abs().max() < 1e-4

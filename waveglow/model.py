@@ -1,0 +1,480 @@
+"""WaveGlow: a mel-conditioned normalizing flow from audio to Gaussian noise and back.
+
+The model is one ordered list of flow parts (`self.flows`, an `nn.ModuleDict`; see
+`waveglow.flows` for the protocol):
+
+    squeeze, convinv_0, coupling_0, convinv_1, coupling_1, ..., convinv_{K-1}, coupling_{K-1}, unsqueeze
+
+`log_prob`, `forward_with_stats` and `encode` walk it forward, `decode` and `infer` walk it
+backward. Early outputs: flow k with k % n_early_every == 0 and k > 0 first lets the FIRST
+n_early_size active channels leave (its parts get `start` += n_early_size), exactly as the
+reference; the latent z comes back in the audio's [B, T] layout.
+
+Conditioning: raw log-mel [B, n_mels, F] -> (mel - mel_mean) / mel_std -> upsampling to the
+audio rate -> cut to T from the start -> squeezed like the audio:
+  * `upsample: conv_transpose` (reference): ConvTranspose1d(n_mels, n_mels, upsample_kernel,
+    stride=hop); the squeeze is mel-major, conditioning channel m·n_group + j holds mel channel m
+    at sample offset j, so the conditioner sees n_mels·n_group channels;
+  * `upsample: repeat` (the fast configuration): each frame is repeated hop/n_group times on
+    the squeezed time axis (requires hop % n_group == 0); the conditioner sees n_mels channels.
+
+State-dict keys (K flows, L layers per conditioner; `*` = `weight_g`, `weight_v`, `bias` of a
+weight-normed conv, which become `weight`, `bias` after `remove_weight_norm()`):
+
+    mel_mean [n_mels], mel_std [n_mels]                      buffers (identity until set)
+    upsample.weight [n_mels, n_mels, kernel], upsample.bias  (conv_transpose only)
+    flows.convinv_{k}.weight [c_k, c_k, 1]                   reference: convinv.{k}.conv.weight
+    flows.coupling_{k}.wn.start.*                            reference: WN.{k}.start.*
+    flows.coupling_{k}.wn.cond_layer.*                       reference: WN.{k}.cond_layer.*
+    flows.coupling_{k}.wn.in_layers.{i}.*                    reference: WN.{k}.in_layers.{i}.*
+    flows.coupling_{k}.wn.res_skip_layers.{i}.*              reference: WN.{k}.res_skip_layers.{i}.*
+    flows.coupling_{k}.wn.end.weight, .bias                  reference: WN.{k}.end.weight, .bias
+    (depthwise: flows.coupling_{k}.wn.in_layers.{i}.depthwise.* and .pointwise.*)
+
+So a reference key maps by `convinv.{k}.conv.weight -> flows.convinv_{k}.weight` and
+`WN.{k}.<rest> -> flows.coupling_{k}.wn.<rest>`; shapes and the weight_g/weight_v/bias names
+are identical. Legacy (`glow_old`) files: fuse `cond_layers.i` into `cond_layer` (rows
+concatenated in layer order; weight_g, weight_v and bias alike) and separate res/skip layers
+into `res_skip_layers.i` (residual rows first, then skip; the last layer skip only), and set
+`condition_half: alternate`, `n_early_every: 4`. Weight norm is per output row, so fusing
+rows is exact. A reference conv that was already folded (plain `weight`) imports exactly as
+`weight_v = weight`, `weight_g = ‖weight‖` over (in, k) per output row.
+
+Inference caches (used only with autograd off: `torch.no_grad` / `torch.inference_mode`): each
+1×1 conv's inverse and the rearranged upsampling kernel are cached and keyed on their weights'
+version counters and storage (any in-place update, `load_state_dict` or `.to()` invalidates
+them); with autograd on they are always recomputed. `remove_weight_norm()` folds the weight
+norms for synthesis.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from waveglow.conditioner import WN, WNConv1d
+from waveglow.errors import UserError
+from waveglow.flows import (
+    AdditiveCoupling,
+    AffineCoupling,
+    FlowPart,
+    Invertible1x1Conv,
+    Squeeze,
+    Unsqueeze,
+    state_dtype,
+)
+
+DEFAULTS: dict[str, Any] = {
+    "name": "waveglow",
+    "n_group": 8,
+    "n_flows": 12,
+    "n_early_every": 4,
+    "n_early_size": 2,
+    "coupling": "affine",
+    "sigma": 1.0,
+    "condition_half": "first",
+    "upsample": "conv_transpose",
+    "upsample_kernel": 1024,
+    "wn": {"n_layers": 8, "n_channels": 256, "kernel_size": 3, "depthwise": False},
+}
+
+
+def _plain(cfg: Any) -> dict[str, Any]:
+    """A Mapping or OmegaConf DictConfig as a plain dict."""
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):
+            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    return {k: (_plain(v) if isinstance(v, Mapping) else v) for k, v in dict(cfg).items()}
+
+
+def resolve_model_config(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Fill defaults and check a model config.
+
+    Args:
+        model_cfg: the `model` config group (dict or DictConfig).
+
+    Returns:
+        A complete plain dict (the defaults for missing keys).
+
+    Raises:
+        UserError: a value that cannot describe a model.
+    """
+    given = _plain(model_cfg)
+    unknown = set(given) - set(DEFAULTS)
+    if unknown:
+        raise UserError(f"model config: unknown keys {sorted(unknown)}; expected a subset of "
+                        f"{sorted(DEFAULTS)}")
+    cfg = {**DEFAULTS, **{k: v for k, v in given.items() if k != "wn"}}
+    wn_given = given.get("wn") or {}
+    unknown = set(wn_given) - set(DEFAULTS["wn"])
+    if unknown:
+        raise UserError(f"model config: unknown keys model.wn.{sorted(unknown)}; expected a subset "
+                        f"of {sorted(DEFAULTS['wn'])}")
+    cfg["wn"] = {**DEFAULTS["wn"], **wn_given}
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise UserError(f"model config: {what}")
+
+    def pos_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+    need(pos_int(cfg["n_group"]) and cfg["n_group"] % 2 == 0,
+         f"n_group must be a positive even integer, got {cfg['n_group']!r}")
+    need(pos_int(cfg["n_flows"]), f"n_flows must be a positive integer, got {cfg['n_flows']!r}")
+    need(pos_int(cfg["n_early_every"]),
+         f"n_early_every must be a positive integer, got {cfg['n_early_every']!r}")
+    need(isinstance(cfg["n_early_size"], int) and cfg["n_early_size"] >= 0
+         and cfg["n_early_size"] % 2 == 0,
+         f"n_early_size must be an even integer >= 0, got {cfg['n_early_size']!r}")
+    need(cfg["coupling"] in ("affine", "additive"),
+         f"coupling must be 'affine' or 'additive', got {cfg['coupling']!r}")
+    need(cfg["condition_half"] in ("first", "alternate"),
+         f"condition_half must be 'first' or 'alternate', got {cfg['condition_half']!r}")
+    need(cfg["upsample"] in ("conv_transpose", "repeat"),
+         f"upsample must be 'conv_transpose' or 'repeat', got {cfg['upsample']!r}")
+    need(pos_int(cfg["upsample_kernel"]),
+         f"upsample_kernel must be a positive integer, got {cfg['upsample_kernel']!r}")
+    need(isinstance(cfg["sigma"], (int, float)) and cfg["sigma"] > 0,
+         f"sigma must be > 0, got {cfg['sigma']!r}")
+    cfg["sigma"] = float(cfg["sigma"])
+    wn = cfg["wn"]
+    need(pos_int(wn["n_layers"]), f"wn.n_layers must be a positive integer, got {wn['n_layers']!r}")
+    need(pos_int(wn["n_channels"]) and wn["n_channels"] % 2 == 0,
+         f"wn.n_channels must be a positive even integer, got {wn['n_channels']!r}")
+    need(pos_int(wn["kernel_size"]) and wn["kernel_size"] % 2 == 1,
+         f"wn.kernel_size must be a positive odd integer, got {wn['kernel_size']!r}")
+    need(isinstance(wn["depthwise"], bool), f"wn.depthwise must be true or false, got {wn['depthwise']!r}")
+    n_exits = (cfg["n_flows"] - 1) // cfg["n_early_every"]
+    remaining = cfg["n_group"] - n_exits * cfg["n_early_size"]
+    need(remaining >= 2,
+         f"n_group={cfg['n_group']} leaves {remaining} channels after {n_exits} early outputs of "
+         f"{cfg['n_early_size']}; at least 2 must remain")
+    return cfg
+
+
+class WaveGlow(nn.Module):
+    """Mel-conditioned WaveGlow flow with an exact log-likelihood.
+
+    Args:
+        model_cfg: the `model` config group (keys: see `DEFAULTS` / configs/model/*.yaml).
+        n_mels: mel channels of the conditioning.
+        hop_length: audio samples per mel frame.
+
+    Raises:
+        UserError: an invalid config (including an impossible upsampling / hop combination).
+    """
+
+    mel_mean: Tensor
+    mel_std: Tensor
+
+    def __init__(self, model_cfg: Mapping[str, Any], n_mels: int = 80, hop_length: int = 256) -> None:
+        super().__init__()
+        cfg = resolve_model_config(model_cfg)
+        # model_config: the resolved `model` group. config: the whole run config as plain
+        # containers when known (from_config / checkpoint.load_model), else just {"model": ...}.
+        self.model_config = cfg
+        self.config: dict[str, Any] = {"model": cfg}
+        self.n_mels = int(n_mels)
+        self.hop_length = int(hop_length)
+        self.n_group = G = cfg["n_group"]
+        self.n_flows = cfg["n_flows"]
+        self.sigma = cfg["sigma"]
+        self.upsample_mode = cfg["upsample"]
+        if self.upsample_mode == "conv_transpose":
+            if cfg["upsample_kernel"] < self.hop_length:
+                raise UserError(f"model config: upsample_kernel ({cfg['upsample_kernel']}) must be "
+                                f">= hop_length ({self.hop_length})")
+            self.upsample: nn.ConvTranspose1d | None = nn.ConvTranspose1d(
+                self.n_mels, self.n_mels, cfg["upsample_kernel"], stride=self.hop_length)
+            n_cond = self.n_mels * G
+        else:
+            if self.hop_length % G != 0:
+                raise UserError(f"model config: upsample=repeat needs hop_length ({self.hop_length}) "
+                                f"to be a multiple of n_group ({G}); use n_group dividing the hop "
+                                "or upsample=conv_transpose")
+            self.upsample = None
+            n_cond = self.n_mels
+        self._phase_key: tuple | None = None  # inference cache of the upsampling kernel
+        self._phase_cache: tuple[Tensor, Tensor] | None = None
+        self.register_buffer("mel_mean", torch.zeros(self.n_mels))
+        self.register_buffer("mel_std", torch.ones(self.n_mels))
+
+        coupling_cls = AffineCoupling if cfg["coupling"] == "affine" else AdditiveCoupling
+        wn = cfg["wn"]
+        self.flows = nn.ModuleDict()
+        self.flows["squeeze"] = Squeeze(G)
+        start = 0
+        for k in range(self.n_flows):
+            if k > 0 and k % cfg["n_early_every"] == 0:
+                start += cfg["n_early_size"]
+            c = G - start
+            condition = "second" if cfg["condition_half"] == "alternate" and k % 2 == 1 else "first"
+            self.flows[f"convinv_{k}"] = Invertible1x1Conv(c, start, flow_index=k)
+            self.flows[f"coupling_{k}"] = coupling_cls(
+                c, start, n_cond, wn["n_layers"], wn["n_channels"], wn["kernel_size"],
+                wn["depthwise"], condition=condition, flow_index=k)
+        self.flows["unsqueeze"] = Unsqueeze(G)
+        self.n_remaining_channels = G - start
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> WaveGlow:
+        """Build from a full config with `model` and `audio` groups (dict or DictConfig)."""
+        audio = cfg["audio"]
+        model = cls(cfg["model"], n_mels=int(audio["n_mels"]), hop_length=int(audio["hop_length"]))
+        model.config = _plain(cfg)
+        return model
+
+    # ------------------------------------------------------------------ parts and settings
+    def parts(self) -> list[FlowPart]:
+        """The flow parts in forward order."""
+        return list(self.flows.values())  # type: ignore[arg-type]
+
+    def _dtype(self) -> torch.dtype:
+        """Dtype of the flow state: float32, or float64 for a float64 model."""
+        return state_dtype(self.mel_std.dtype if self.upsample is None else self.upsample.weight.dtype)
+
+    def set_mel_stats(self, mean: Tensor, std: Tensor) -> None:
+        """Store per-channel log-mel statistics; inputs are normalized as (mel - mean) / std.
+
+        Args:
+            mean: [n_mels].
+            std: [n_mels], all > 0.
+
+        Raises:
+            UserError: wrong shape, non-finite values or std <= 0.
+        """
+        mean = torch.as_tensor(mean).detach()
+        std = torch.as_tensor(std).detach()
+        for name, t in (("mean", mean), ("std", std)):
+            if tuple(t.shape) != (self.n_mels,):
+                raise UserError(f"mel stats: {name} must have shape [{self.n_mels}], got {list(t.shape)}")
+            if not torch.isfinite(t).all():
+                raise UserError(f"mel stats: {name} contains NaN or Inf")
+        if not (std > 0).all():
+            raise UserError("mel stats: std must be > 0 in every channel")
+        with torch.no_grad():
+            self.mel_mean.copy_(mean)
+            self.mel_std.copy_(std)
+
+    def remove_weight_norm(self) -> None:
+        """Fold the weight norms of every conditioner (for inference; idempotent)."""
+        for m in self.modules():
+            if isinstance(m, WN):
+                m.remove_weight_norm()
+
+    # ------------------------------------------------------------------ input checks
+    def _check_mel(self, mel: Tensor, where: str) -> None:
+        if not torch.is_tensor(mel) or mel.dim() != 3:
+            shape = list(mel.shape) if torch.is_tensor(mel) else type(mel).__name__
+            raise UserError(f"{where}: mel must be [batch, n_mels, frames], got {shape}")
+        if mel.shape[1] != self.n_mels:
+            raise UserError(f"{where}: mel has {mel.shape[1]} channels, the model expects "
+                            f"n_mels={self.n_mels}")
+        if mel.shape[2] < 1:
+            raise UserError(f"{where}: mel has no frames")
+
+    def _check_pair(self, audio: Tensor, mel: Tensor, where: str) -> None:
+        if not torch.is_tensor(audio) or audio.dim() != 2:
+            shape = list(audio.shape) if torch.is_tensor(audio) else type(audio).__name__
+            raise UserError(f"{where}: audio must be [batch, samples], got {shape}")
+        self._check_mel(mel, where)
+        B, T = audio.shape
+        if mel.shape[0] != B:
+            raise UserError(f"{where}: batch sizes differ (audio {B}, mel {mel.shape[0]})")
+        if T == 0 or T % self.n_group != 0:
+            raise UserError(f"{where}: audio length {T} must be a positive multiple of "
+                            f"n_group={self.n_group}")
+        need = -(-T // self.hop_length)
+        if mel.shape[2] < need:
+            raise UserError(f"{where}: {T} audio samples need at least {need} mel frames "
+                            f"(hop {self.hop_length}), got {mel.shape[2]}")
+
+    # ------------------------------------------------------------------ conditioning
+    def condition(self, mel: Tensor, length: int) -> Tensor:
+        """Normalize, upsample and squeeze the mel for `length` audio samples.
+
+        Args:
+            mel: [B, n_mels, F] raw log-mel (F >= ceil(length / hop)).
+            length: T, a multiple of n_group.
+
+        Returns:
+            [B, n_mels·n_group, T/n_group] (conv_transpose) or [B, n_mels, T/n_group] (repeat).
+        """
+        G = self.n_group
+        B = mel.shape[0]
+        N = length // G
+        mean = self.mel_mean.to(self._dtype())
+        std = self.mel_std.to(self._dtype())
+        mel = (mel.to(self._dtype()) - mean[:, None]) / std[:, None]
+        if self.upsample is None:
+            return mel.repeat_interleave(self.hop_length // G, dim=2)[:, :, :N]
+        if not torch.is_autocast_enabled(mel.device.type):
+            mel = mel.to(self.upsample.weight.dtype)
+        up = self._upsample(mel, length)
+        # Mel-major squeeze: channel m·G + j = mel channel m at offset j (the reference layout).
+        return up.reshape(B, self.n_mels, N, G).transpose(2, 3).reshape(B, self.n_mels * G, N)
+
+    def _phase_kernel(self) -> tuple[Tensor, Tensor]:
+        """The upsampling ConvTranspose1d rewritten as a stride-1 Conv1d with one output row per
+        (channel, phase): kernel [n_mels·hop, n_mels, q], bias [n_mels·hop], q = ceil(kernel/hop).
+
+        Without autograd the pair is cached, keyed on the version counters and storage of
+        `upsample.weight` / `upsample.bias` (as the 1×1 inverses), so weight updates invalidate it.
+        """
+        up = self.upsample
+        assert up is not None
+        w, b = up.weight, up.bias
+        hop = self.hop_length
+        c_in, c_out, k = w.shape
+        q = -(-k // hop)
+
+        def build() -> tuple[Tensor, Tensor]:
+            wp = F.pad(w, (0, q * hop - k)) if q * hop != k else w
+            # row m·hop + r, tap κ  <-  weight[i, m, (q-1-κ)·hop + r]
+            kernel = wp.reshape(c_in, c_out, q, hop).flip(2).permute(1, 3, 0, 2)
+            return kernel.reshape(c_out * hop, c_in, q), b.repeat_interleave(hop)
+
+        if torch.is_grad_enabled():
+            return build()
+        key = (w._version, w.data_ptr(), b._version, b.data_ptr(), w.dtype, w.device)
+        if self._phase_key != key or self._phase_cache is None:
+            # An ordinary tensor (not an inference tensor), usable under no_grad as well.
+            with torch.inference_mode(False), torch.no_grad():
+                self._phase_cache = build()
+            self._phase_key = key
+        return self._phase_cache
+
+    def _upsample(self, mel: Tensor, length: int) -> Tensor:
+        """ConvTranspose1d(mel) cut to `length` samples: [B, n_mels, F] -> [B, n_mels, length].
+
+        Same result as `self.upsample(mel)[..., :length]`, computed as a stride-1 convolution
+        over frames whose hop output rows per channel are the hop phases, then interleaved.
+        On CPU this is 2-3x faster than the native transposed conv (which zero-fills and runs a
+        slow col2im path), and about as fast elsewhere.
+        """
+        kernel, bias = self._phase_kernel()
+        q = kernel.shape[2]
+        B, M, _ = mel.shape
+        y = F.conv1d(mel, kernel, bias, padding=q - 1)  # [B, n_mels·hop, F + q - 1]
+        frames = y.shape[2]
+        y = y.view(B, M, self.hop_length, frames).transpose(2, 3)
+        return y.reshape(B, M, frames * self.hop_length)[:, :, :length]
+
+    # ------------------------------------------------------------------ the flow
+    def _gaussian_log_density(self, z: Tensor) -> Tensor:
+        """Σ_t log N(z_t; 0, σ²) per batch item, in float32 (float64 for a float64 model)."""
+        z = z.to(state_dtype(z.dtype))
+        var = self.sigma**2
+        return -0.5 * z.pow(2).sum(dim=1) / var - 0.5 * z.shape[1] * math.log(2 * math.pi * var)
+
+    def forward(self, audio: Tensor, mel: Tensor, return_stats: bool = False
+                ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+        """log p(audio | mel) in nats per batch item (wrappers such as DDP call this).
+
+        Args:
+            audio: [B, T] waveform, T a multiple of n_group.
+            mel: [B, n_mels, F] raw log-mel with F >= ceil(T / hop).
+            return_stats: also return the per-flow monitoring terms.
+
+        Returns:
+            log_prob [B] (float32; float64 for a float64 model), and with `return_stats` the
+            dict of `forward_with_stats`.
+        """
+        self._check_pair(audio, mel, "WaveGlow.log_prob")
+        T = audio.shape[1]
+        cond = self.condition(mel, T)
+        x = audio.to(self._dtype())
+        total = x.new_zeros(audio.shape[0])
+        stats: dict[str, Tensor] = {}
+        for part in self.flows.values():
+            x, logdet = part(x, cond)
+            total = total + logdet
+            if return_stats and part.stat_key is not None:
+                prefix = f"flow_{part.flow_index}/"
+                stats[prefix + part.stat_key] = logdet.detach().mean() / T
+                for key, value in part.extra_stats().items():
+                    stats[prefix + key] = value
+        log_prob = total + self._gaussian_log_density(x)
+        return (log_prob, stats) if return_stats else log_prob
+
+    def log_prob(self, audio: Tensor, mel: Tensor) -> Tensor:
+        """log p(audio | mel) [B] in nats, Gaussian constant included (float32).
+
+        `-log_prob / T` is the negative log-likelihood per audio sample that training minimizes.
+        """
+        return self(audio, mel)
+
+    def forward_with_stats(self, audio: Tensor, mel: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """log_prob [B] plus per-flow terms (detached scalars):
+
+        `flow_{k}/log_s` Σ log s per audio sample (batch mean), `flow_{k}/W` the 1×1 conv's
+        log|det| per audio sample, `flow_{k}/W_cond` the condition number of W.
+        """
+        return self(audio, mel, return_stats=True)  # type: ignore[return-value]
+
+    def encode(self, audio: Tensor, mel: Tensor) -> Tensor:
+        """audio [B, T] -> latent z [B, T] (same layout as the audio)."""
+        self._check_pair(audio, mel, "WaveGlow.encode")
+        cond = self.condition(mel, audio.shape[1])
+        x = audio.to(self._dtype())
+        for part in self.flows.values():
+            x = part(x, cond)[0]
+        return x
+
+    def decode(self, z: Tensor, mel: Tensor) -> Tensor:
+        """latent z [B, T] -> audio [B, T] (float32, also under autocast; float64 model: float64)."""
+        self._check_pair(z, mel, "WaveGlow.decode")
+        cond = self.condition(mel, z.shape[1])
+        x = z.to(self._dtype())
+        for part in reversed(self.flows.values()):
+            x = part.inverse(x, cond)
+        return x
+
+    def infer(self, mel: Tensor, sigma: float = 0.6, generator: torch.Generator | None = None) -> Tensor:
+        """Sample audio for a mel: z ~ N(0, sigma²), then decode.
+
+        Args:
+            mel: [B, n_mels, F] raw log-mel.
+            sigma: std of the sampled latent (0.6 is the usual choice for synthesis).
+            generator: optional torch.Generator for reproducible noise (any device).
+
+        Returns:
+            audio [B, hop·F] (float32).
+        """
+        self._check_mel(mel, "WaveGlow.infer")
+        B, n_frames = mel.shape[0], mel.shape[2]
+        T = self.hop_length * n_frames
+        if T % self.n_group != 0:
+            raise UserError(f"WaveGlow.infer: hop·frames = {T} is not a multiple of "
+                            f"n_group={self.n_group}")
+        gen_device = generator.device if generator is not None else mel.device
+        z = torch.randn(B, T, generator=generator, device=gen_device, dtype=self._dtype())
+        z = z.to(mel.device).mul_(sigma)
+        return self.decode(z, mel)
+
+    # ------------------------------------------------------------------ cost
+    def macs_per_sample(self) -> float:
+        """Multiply-accumulates per audio sample of synthesis, counted from the layer shapes."""
+        total = 0.0
+        G = self.n_group
+        if self.upsample is not None:
+            k = self.upsample.kernel_size[0]
+            total += self.n_mels * self.n_mels * k / self.hop_length
+        for m in self.modules():
+            if isinstance(m, Invertible1x1Conv):
+                total += m.channels**2 / G
+            elif isinstance(m, WNConv1d):
+                total += m.out_channels * (m.in_channels // m.groups) * m.kernel_size / G
+            elif isinstance(m, WN):
+                total += m.end.out_channels * m.end.in_channels / G
+        return total
