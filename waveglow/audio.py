@@ -44,6 +44,7 @@ def read_audio(path: str | os.PathLike, start: int = 0, stop: int | None = None)
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such audio file")
+    _check_wav_complete(path)
     try:
         data, rate = sf.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
@@ -51,6 +52,35 @@ def read_audio(path: str | os.PathLike, start: int = 0, stop: int | None = None)
     # Mean of channels, not the first one: a stereo file with one silent channel still works.
     audio = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     return np.ascontiguousarray(audio, dtype=np.float32), int(rate)
+
+
+def _check_wav_complete(path: Path) -> None:
+    """Refuse a RIFF/WAVE file whose data chunk is cut short.
+
+    libsndfile silently reads what is there, so a half-copied file would otherwise give a
+    shorter clip (and a mel that no longer matches its transcript) without a word.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        header = f.read(12)
+        if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
+            return  # not a plain RIFF WAV (FLAC, RF64, ...): libsndfile's own checks apply
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            chunk = f.read(8)
+            chunk_id, chunk_size = chunk[:4], int.from_bytes(chunk[4:8], "little")
+            if chunk_id == b"data":
+                if chunk_size == 0xFFFFFFFF:  # streamed WAV with an unknown length
+                    return
+                available = size - pos - 8
+                if chunk_size > available:
+                    raise UserError(
+                        f"{path}: truncated WAV: the header declares {chunk_size} bytes of audio "
+                        f"but the file holds {available}; expected a complete file"
+                    )
+                return
+            pos += 8 + chunk_size + (chunk_size & 1)  # chunks are padded to an even size
 
 
 def resample(audio: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from collections.abc import Mapping
@@ -93,11 +94,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f"the global {found.group(1)!r}" if found else "an object outside the allowlist"
         raise UserError(
-            f"{path}: refused to load: the file asks to run code or build objects that a "
-            f"checkpoint of this project never contains ({first[:160]}). NVIDIA/waveglow files "
-            "are converted with waveglow-import-nvidia"
+            f"{path}: refused to load: the pickle asks for {what}, which a checkpoint of this "
+            "project never contains (NVIDIA/waveglow files are converted with waveglow-import-nvidia)"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise UserError(f"{path}: not a readable checkpoint (truncated or not a torch file: {e})") from None

@@ -689,8 +689,12 @@ def load_stats(cfg: Any, *, compute_if_missing: bool = True, num_workers: int | 
     cache = cache_dir(cfg["data"])
     path = cache / "stats.pt"
     features = feature_settings(cfg["audio"])
-    problem = _check_stats(path, features["n_mels"]) if _features_match(cache, features) else \
-        "computed with other audio settings"
+    if not path.is_file():
+        problem = "not found"
+    elif not _features_match(cache, features):
+        problem = "computed with other audio settings"
+    else:
+        problem = _check_stats(path, features["n_mels"])
     if problem:
         if not compute_if_missing:
             raise UserError(f"{path}: {problem}; run waveglow-preprocess data={_cfg(cfg['data'], 'name', '?')}")

@@ -10,3 +10,9 @@ class UserError(ValueError):
 
     The message must name the file (or setting) and say what was expected.
     """
+
+
+def naming(path: object, error: Exception) -> UserError:
+    """`error` as a UserError whose message starts with `path` (unless it already names it)."""
+    message = str(error)
+    return UserError(message if str(path) in message else f"{path}: {message}")

@@ -65,6 +65,28 @@ def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Calla
     return decorate
 
 
+def number(cfg: DictConfig, key: str, kind: type = float, *, minimum: float | None = None,
+           default: Any = None) -> Any:
+    """Read setting `key` as an int or float, or raise a UserError that names it.
+
+    Hydra passes `sigma=abc` through as a string; checking every number before any slow work
+    turns that into `error: sigma='abc': expected a number` instead of a traceback.
+    """
+    value = OmegaConf.select(cfg, key, default=default)
+    try:
+        if isinstance(value, bool) or value is None:
+            raise ValueError
+        out = kind(value)
+        if kind is int and float(value) != out:
+            raise ValueError
+    except (TypeError, ValueError):
+        expected = "an integer" if kind is int else "a number"
+        raise UserError(f"{key}={value!r}: expected {expected}") from None
+    if minimum is not None and out < minimum:
+        raise UserError(f"{key}={value!r}: expected a value >= {minimum}")
+    return out
+
+
 def to_container(cfg: DictConfig) -> dict:
     """The resolved config as plain dicts/lists (what checkpoints store)."""
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from waveglow.cli.common import hydra_app, save_resolved_config, to_container
+from waveglow.cli.common import hydra_app, number, save_resolved_config, to_container
 from waveglow.errors import UserError
 
 USAGE = "waveglow-import-nvidia input=<NVIDIA waveglow .pt> output=<checkpoint .pt>"
@@ -27,7 +27,7 @@ def main(cfg: DictConfig) -> None:
             raise UserError(f"{key}=... is required: {USAGE}")
     output = Path(str(cfg.output))
     import_nvidia(str(cfg.input), output, audio=to_container(cfg.audio),
-                          layout=str(cfg.layout), sigma=float(cfg.sigma))
+                          layout=str(cfg.layout), sigma=number(cfg, "sigma", float))
     try:
         # Named after the checkpoint: importing into a run folder must not replace its config.yaml.
         save_resolved_config(cfg, output.parent, name=f"{output.stem}.import.yaml")

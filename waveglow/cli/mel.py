@@ -9,8 +9,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from waveglow.cli.common import hydra_app, save_resolved_config
-from waveglow.errors import UserError
+from waveglow.cli.common import hydra_app, number, save_resolved_config
+from waveglow.errors import UserError, naming
 
 log = logging.getLogger("waveglow.mel")
 
@@ -87,8 +87,8 @@ def main(cfg: DictConfig) -> None:
     out_dir = Path(str(cfg.output_dir)).expanduser()
     sr = int(cfg.audio.sampling_rate)
     mel_fn: MelSpectrogram | None = None  # built on first use: a bad input fails without the slow import
-    lsb = float(cfg.get("dither", 0.0))
-    generator = torch.Generator().manual_seed(int(cfg.get("seed", 0)))
+    lsb = number(cfg, "dither", float, minimum=0.0, default=0.0)
+    generator = torch.Generator().manual_seed(number(cfg, "seed", int, default=0))
     warn = warn_once_per_rate(set())
     failures: list[str] = []
     seconds = 0.0
@@ -100,15 +100,21 @@ def main(cfg: DictConfig) -> None:
             mel_fn = mel_fn or MelSpectrogram.from_config(cfg.audio)
             with torch.inference_mode():
                 mel = mel_fn(dither(audio, lsb, generator))
-            save_mel(out_dir / rel.with_suffix(f".{fmt}"), mel)
+            target = out_dir / rel.with_suffix(f".{fmt}")
+            try:
+                save_mel(target, mel)
+            except OSError as e:
+                # An unwritable destination fails every file alike: stop at the first one.
+                raise UserError(f"{target.parent}: cannot write mel files ({e.strerror or e})") from None
             seconds += audio.numel() / sr
         except UserError as e:
-            failures.append(str(e))
+            failures.append(str(naming(audio_path, e)))
             if len(inputs) > 1:
                 log.warning("skipped %s", e)
     wall = time.perf_counter() - t0
-    save_resolved_config(cfg, out_dir)
     written = len(inputs) - len(failures)
+    if written:  # an all-failed run leaves no output folder behind
+        save_resolved_config(cfg, out_dir)
     if written:
         print(f"wrote {written} mel files (.{fmt}, float32 [{cfg.audio.n_mels}, frames]) to {out_dir}: "
               f"{seconds:.1f} s of audio in {wall:.2f} s ({seconds / max(wall, 1e-9):.0f}x real time)", flush=True)

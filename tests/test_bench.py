@@ -1,0 +1,206 @@
+"""waveglow-bench: well-formed results on a tiny config, and the analytic cost model."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.conftest import REPO, run_cli
+from waveglow import bench
+from waveglow.cli.bench import rewrite_argv
+from waveglow.errors import UserError
+
+AUDIO = {"sampling_rate": 22050, "n_fft": 1024, "hop_length": 256, "win_length": 1024,
+         "n_mels": 80, "fmin": 0.0, "fmax": 8000.0, "log_clamp": 1e-5}
+
+# Small configs covering every branch of the cost model: early exits, additive and alternating
+# couplings, kernel 5, depthwise-separable layers, repeat upsampling with large groups.
+SMALL_CONFIGS = {
+    "affine": {"n_group": 8, "n_flows": 6, "n_early_every": 2, "n_early_size": 2,
+               "wn": {"n_layers": 3, "n_channels": 16}},
+    "additive_alternate_k5": {"n_group": 8, "n_flows": 4, "coupling": "additive",
+                              "condition_half": "alternate",
+                              "wn": {"n_layers": 2, "n_channels": 8, "kernel_size": 5}},
+    "depthwise_repeat": {"n_group": 64, "n_flows": 4, "n_early_every": 2, "n_early_size": 16,
+                         "upsample": "repeat",
+                         "wn": {"n_layers": 3, "n_channels": 32, "depthwise": True}},
+}
+
+# Tiny machine-peak kernels: the tests check the plumbing, not the machine.
+FAST_PEAK = {"matmul_n": 128, "conv_length": 500, "repeats": 2}
+FAST_PEAK_ARGS = ["peak.matmul_n=128", "peak.conv_length=500", "peak.repeats=2"]
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread (on shared cores a 2-thread team stalls at every barrier); restored after."""
+    before = torch.get_num_threads()
+    yield 1
+    torch.set_num_threads(before)
+
+
+def _repo_model_configs() -> dict[str, dict]:
+    """The repository's model configs small enough to instantiate quickly in a test."""
+    out = {}
+    for path in sorted((REPO / "configs" / "model").glob("*.yaml")):
+        cfg = yaml.safe_load(path.read_text())
+        if cfg.get("wn", {}).get("n_channels", 256) <= 128:
+            out[path.stem] = cfg
+    return out
+
+
+@pytest.mark.parametrize("name,model_cfg", [*SMALL_CONFIGS.items(), *_repo_model_configs().items()])
+def test_analytic_macs_match_counted_operators(name: str, model_cfg: dict) -> None:
+    """count_macs (layer shapes) == the MACs of every conv/matmul that synthesis actually runs.
+
+    The flow is compared exactly. The mel upsampler may compute a few frames past the audio
+    length (its kernel overhangs the last frame by kernel/hop - 1 frames, then the output is
+    cut), so its count may exceed the analytic one by at most that overhang.
+    """
+    from waveglow.model import WaveGlow
+
+    model = WaveGlow(model_cfg, n_mels=80, hop_length=256).eval()
+    model.remove_weight_norm()
+    frames = 6
+    mel = torch.randn(1, 80, frames)
+    with torch.inference_mode():
+        traced = bench.count_macs_traced(lambda: model.infer(mel))
+        traced_cond = bench.count_macs_traced(lambda: model.condition(mel, 256 * frames))
+    parts = bench.count_macs(model_cfg, 80, 256, 22050, seconds=256 * frames / 22050)
+    assert parts["total"] - parts["upsample"] == pytest.approx(traced - traced_cond, rel=1e-9), name
+    overhang = math.ceil(model_cfg.get("upsample_kernel", 1024) / 256) - 1
+    assert parts["upsample"] <= traced_cond <= parts["upsample"] * (frames + overhang) / frames
+
+
+def test_analytic_macs_of_the_reference_size() -> None:
+    """The 256-channel reference costs about 223 GMAC per second of 22.05 kHz audio."""
+    cfg = yaml.safe_load((REPO / "configs" / "model" / "waveglow_256.yaml").read_text())
+    parts = bench.count_macs(cfg)
+    assert 218e9 < parts["total"] < 228e9
+    assert parts["total"] == pytest.approx(sum(v for k, v in parts.items() if k != "total"))
+
+
+def test_rewrite_argv_turns_model_and_comma_lists_into_hydra_lists() -> None:
+    assert rewrite_argv(["model=tiny,squeeze", "seconds=1,5", "precision=bf16"]) == [
+        "models=[tiny,squeeze]", "seconds=[1,5]", "precision=bf16"]
+    assert rewrite_argv(["model=runs/a/best.pt", "tasks=[train]", "data.root=x"]) == [
+        "models=runs/a/best.pt", "tasks=[train]", "data.root=x"]
+
+
+def test_plan_cases_runs_preprocess_once_and_rejects_unknown_values() -> None:
+    cases = list(bench.plan_cases(["a", "b"], ["synthesis", "train", "preprocess"], ["fp32", "bf16"],
+                                  [1.0, 5.0], [], "cpu"))
+    kinds = [(c.task, c.model, c.precision) for c in cases]
+    assert kinds.count(("preprocess", "melspectrogram", "fp32")) == 1
+    assert sum(c.task == "synthesis" for c in cases) == 2 * 2 * 2
+    assert {c.batch for c in cases if c.task == "train"} == {2}
+    assert {c.warmup for c in cases if c.task == "train"} == {1}
+    with pytest.raises(UserError, match="tasks=bogus"):
+        list(bench.plan_cases(["a"], ["bogus"], ["fp32"], [1.0], [], "cpu"))
+    with pytest.raises(UserError, match="precision=fp8"):
+        list(bench.plan_cases(["a"], ["synthesis"], ["fp8"], [1.0], [], "cpu"))
+
+
+def test_peak_memory_sees_a_region_allocation() -> None:
+    # 256 MiB: more than the allocator may keep resident from earlier frees (glibc keeps up to
+    # 64 MiB of freed heap), so the pages must be new.
+    with bench.PeakMemory(torch.device("cpu")) as mem:
+        x = torch.ones(256 * 2**20 // 4)
+        del x
+    assert mem.peak_mib is not None and mem.start_mib is not None
+    assert mem.peak_mib - mem.start_mib > 128
+
+
+def _check_row(row: dict, task: str) -> None:
+    missing = [k for k in bench.RESULT_KEYS if k not in row]
+    assert not missing, missing
+    assert row["task"] == task and row["device"] == "cpu" and not row.get("error")
+    for key in ("khz", "rtf", "samples_per_sec", "median_s", "min_s", "peak_mem_mib", "audio_seconds"):
+        assert isinstance(row[key], float) and math.isfinite(row[key]) and row[key] > 0, key
+    assert row["min_s"] <= row["median_s"]
+    assert row["khz"] == pytest.approx(row["samples_per_sec"] / 1000)
+    assert row["rtf"] == pytest.approx(row["samples_per_sec"] / 22050)
+    assert 50 < row["peak_mem_mib"] < 64 * 1024
+    if task == "preprocess":
+        for key in ("gmac_per_audio_second", "achieved_gmacs", "machine_peak_gmacs", "pct_of_peak"):
+            assert row[key] is None, key
+        return
+    assert row["gmac_per_audio_second"] > 0 and row["achieved_gmacs"] > 0
+    assert row["machine_peak_gmacs"] == max(row["machine_matmul_gmacs"], row["machine_conv_gmacs"])
+    assert row["pct_of_peak"] == pytest.approx(100 * row["achieved_gmacs"] / row["machine_peak_gmacs"])
+    assert row["achieved_gmacs"] == pytest.approx(row["gmac_per_audio_second"] * row["rtf"])
+
+
+def test_cli_tiny_emits_one_well_formed_line_per_case(tmp_path: Path) -> None:
+    proc = run_cli("waveglow-bench", "model=tiny", "tasks=synthesis,train,preprocess",
+                   "precision=fp32", "seconds=0.25", "repeats=2", "warmup=1", "segment_length=2048",
+                   "threads=1", f"output_dir={tmp_path}", *FAST_PEAK_ARGS, timeout=120)
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    assert [r["task"] for r in rows] == ["synthesis", "train", "preprocess"]
+    for row in rows:
+        _check_row(row, row["task"])
+    synth, train = rows[0], rows[1]
+    assert synth["model"] == "tiny" and synth["batch"] == 1 and synth["precision"] == "fp32"
+    assert synth["threads"] == 1
+    assert synth["audio_seconds"] == pytest.approx(0.25, abs=256 / 22050)
+    assert train["batch"] == 2 and train["audio_seconds"] == pytest.approx(2 * 2048 / 22050)
+    # Training costs about three passes: forward, and backward for inputs and for weights.
+    assert 2 < train["gmac_per_audio_second"] / synth["gmac_per_audio_second"] <= 3
+    assert "kHz" in proc.stderr and "% peak" in proc.stderr  # the table
+    saved = [json.loads(line) for line in (tmp_path / "bench.jsonl").read_text().splitlines()]
+    assert saved == rows
+    assert (tmp_path / "config.yaml").is_file() and (tmp_path / "table.txt").is_file()
+
+
+def test_cli_unknown_model_is_a_one_line_error() -> None:
+    proc = run_cli("waveglow-bench", "model=no_such_model", "tasks=synthesis", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: model=no_such_model")
+
+
+def _write_model_config(config_dir: Path, name: str, model_cfg: dict) -> None:
+    (config_dir / "model").mkdir(parents=True, exist_ok=True)
+    (config_dir / "model" / f"{name}.yaml").write_text(yaml.safe_dump(model_cfg))
+
+
+def test_bf16_synthesis_reports_snr_against_fp32(tmp_path: Path, one_thread: int) -> None:
+    _write_model_config(tmp_path, "small", SMALL_CONFIGS["affine"])
+    case = bench.Case(task="synthesis", model="small", precision="bf16", seconds=0.1, repeats=2,
+                      warmup=1, audio=AUDIO, config_dir=str(tmp_path), peak=FAST_PEAK,
+                      threads=one_thread)
+    row = bench.run_case(case)
+    _check_row(row, "synthesis")
+    assert row["machine_peak_gmacs"] > 0
+    assert 10 < row["snr_db_vs_fp32"] < 200
+
+
+def test_checkpoint_path_as_model(tmp_path: Path, one_thread: int) -> None:
+    """model=<checkpoint> builds the model from the config stored in the checkpoint."""
+    from waveglow.checkpoint import FORMAT_VERSION, save_checkpoint
+    from waveglow.model import WaveGlow
+
+    config = {"audio": AUDIO, "model": SMALL_CONFIGS["affine"]}
+    model = WaveGlow.from_config(config)
+    path = save_checkpoint(tmp_path / "run" / "best.pt",
+                           {"format_version": FORMAT_VERSION, "model": model.state_dict(),
+                            "config": config, "step": 0})
+    case = bench.Case(task="train", model=str(path), batch=1, segment_length=1024, repeats=2,
+                      warmup=1, audio={}, peak=FAST_PEAK, measure_peak=False, threads=one_thread)
+    row = bench.run_case(case)
+    assert row["weights"] == "checkpoint" and row["machine_peak_gmacs"] is None
+    assert row["samples_per_sec"] > 0 and row["peak_mem_mib"] > 0
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_synthesis_reports_max_allocated(tmp_path: Path) -> None:
+    _write_model_config(tmp_path, "small", SMALL_CONFIGS["affine"])
+    case = bench.Case(task="synthesis", model="small", device="cuda", precision="fp16", seconds=0.1,
+                      repeats=2, warmup=1, audio=AUDIO, config_dir=str(tmp_path), peak=FAST_PEAK)
+    row = bench.run_case(case)
+    assert row["device"] == "cuda" and row["khz"] > 0 and 0 < row["peak_mem_mib"] < 4096
