@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.autograd.functional import jacobian
 
-from waveglow.conditioner import WN, WNConv1d
+from waveglow.conditioner import WN, WNConv1d, _depthwise_shifted, pointwise_conv
 from waveglow.flows import (
     AdditiveCoupling,
     AffineCoupling,
@@ -199,3 +199,54 @@ def test_bf16_autocast_keeps_flow_math_in_float32():
         assert torch.isfinite(t).all()
     # Only the conditioner ran in bf16, and it runs identically both ways: exact round trip.
     assert (back - x).abs().max() < 1e-4
+
+
+# ---------------------------------------------------------------- fp32 CPU inference fast paths
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_pointwise_conv_inference_path_matches_baddbmm(batch, with_bias):
+    """fp32 without autograd takes oneDNN's matmul; it must equal the baddbmm path to rounding,
+    and operator-level MAC counting must still see it."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(7)
+    x, w = torch.randn(batch, 24, 37), torch.randn(40, 24, 1)
+    bias = torch.randn(40) if with_bias else None
+    ref = pointwise_conv(x, w, bias)  # autograd on: baddbmm
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        fast = pointwise_conv(x, w, bias)
+    assert fast.shape == ref.shape == (batch, 40, 37) and fast.is_contiguous()
+    assert torch.allclose(fast, ref, rtol=1e-5, atol=1e-5)
+    assert counter.get_total_flops() == 2 * batch * 40 * 24 * 37
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5])
+@pytest.mark.parametrize("dilation", [1, 4, 16, 64])
+def test_depthwise_shifted_matches_conv1d(kernel_size, dilation):
+    """Taps that reach past the sequence (dilation >= N) only read zero padding."""
+    torch.manual_seed(8)
+    x, w, b = torch.randn(2, 6, 20), torch.randn(6, 1, kernel_size), torch.randn(6)
+    pad = dilation * (kernel_size - 1) // 2
+    ref = torch.nn.functional.conv1d(x, w, b, padding=pad, dilation=dilation, groups=6)
+    assert torch.allclose(_depthwise_shifted(x, w, b, dilation), ref, atol=1e-5)
+    ref = torch.nn.functional.conv1d(x, w, None, padding=pad, dilation=dilation, groups=6)
+    assert torch.allclose(_depthwise_shifted(x, w, None, dilation), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_wn_fp32_inference_path_matches_training_path(depthwise):
+    """Without autograd (oneDNN 1×1s, folded conditioning bias, shifted depthwise taps) the
+    conditioner computes the same as with autograd, to float32 rounding."""
+    torch.manual_seed(9)
+    wn = WN(3, N_COND, 6, n_layers=4, n_channels=8, depthwise=depthwise)
+    _randomize_end(wn)
+    with torch.no_grad():
+        for p in wn.parameters():  # non-zero biases everywhere, so the fold matters
+            if p.dim() == 1:
+                p.normal_(0, 0.5)
+    wn.remove_weight_norm()
+    a, cond = torch.randn(1, 3, 40), torch.randn(1, N_COND, 40)
+    ref = wn(a, cond)
+    with torch.inference_mode():
+        fast = wn(a, cond)
+    assert torch.allclose(fast, ref, rtol=1e-5, atol=1e-5)

@@ -398,3 +398,23 @@ def test_upsampling_equals_transposed_conv(kernel):
         model.upsample.weight.mul_(2.0)
         ref = F.conv_transpose1d(mel, model.upsample.weight, model.upsample.bias, stride=HOP)
         assert torch.allclose(model._upsample(mel, 96), ref[:, :, :96], atol=1e-12)
+
+
+@pytest.mark.parametrize("n_group", [8, 6])  # hop % n_group == 0 (direct squeeze) and != 0
+def test_conditioning_inference_path_matches_reference(n_group):
+    """Inference computes only ceil(T/hop) upsampled frames (im2col + one product) and squeezes
+    them in one copy; it must equal the transposed conv, cut and squeezed, for a batch of one,
+    T not a multiple of hop and a mel with spare frames."""
+    model = _model(n_group=n_group, n_early_every=8)
+    T = 13 * n_group  # 104 or 78 samples: 7 or 5 frames of hop 16
+    mel = torch.randn(1, N_MELS, -(-T // HOP) + 2)
+    with torch.no_grad():
+        norm = (mel - model.mel_mean[:, None]) / model.mel_std[:, None]
+        up = F.conv_transpose1d(norm, model.upsample.weight, model.upsample.bias, stride=HOP)
+        ref = up[:, :, :T].reshape(1, N_MELS, T // n_group, n_group).transpose(2, 3)
+        ref = ref.reshape(1, N_MELS * n_group, T // n_group)
+        fast = model.condition(mel, T)
+    train = model.condition(mel, T)  # autograd on: conv1d path
+    assert fast.shape == ref.shape and fast.is_contiguous()
+    assert torch.allclose(fast, ref, atol=1e-5)
+    assert torch.allclose(train, ref, atol=1e-5)
