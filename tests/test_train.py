@@ -1,0 +1,322 @@
+"""Training loop (in process, CPU, tiny model on the demo corpus): learning, TensorBoard tags,
+checkpoint contents, bit-exact resume, NaN skipping, the divergence guards, fp16 on hostile
+audio, fine-tuning from weights, and the small pure helpers."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from hydra import compose, initialize_config_dir
+
+from waveglow.checkpoint import FORMAT_VERSION, load_model
+from waveglow.cli.common import CONFIG_DIR
+from waveglow.errors import UserError
+from waveglow.monitor import mel_comparison_image
+from waveglow.train import TrainHooks, lr_at, resolve_precision, train
+
+CHECKPOINT_KEYS = {"format_version", "model", "config", "step", "epoch", "optimizer", "scheduler",
+                   "scaler", "rng", "sampler", "metrics"}
+
+
+def make_cfg(root: Path, run_dir: Path, *overrides: str):
+    """The waveglow-train config for a tiny, fast CPU run on the corpus at `root`."""
+    base = [
+        # tiny with a shorter upsampling kernel: 3x smaller checkpoints, faster steps.
+        "data=demo", f"data.root={root}", "model=tiny", "model.upsample_kernel=256", "data.segment_length=4096",
+        "train.batch_size=2", "train.log_every=1", "train.audio_every=0", "train.logdet_every=0",
+        "train.val_every=1000", "train.checkpoint_every=1000", "train.val_segment_length=4096",
+        # One thread: identical results in and out of process, no thread oversubscription.
+        "train.threads=1",
+        f"run_dir={run_dir}",
+    ]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("waveglow_train", overrides=[*base, *overrides])
+
+
+def copy_corpus(src: Path, dst: Path) -> Path:
+    """The demo corpus (LJSpeech layout) copied to `dst`, so splits and cache land there."""
+    (dst / "wavs").mkdir(parents=True)
+    shutil.copy(src / "metadata.csv", dst / "metadata.csv")
+    for wav in (src / "wavs").glob("*.wav"):
+        shutil.copy(wav, dst / "wavs" / wav.name)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, demo_root) -> Path:
+    """A private copy of the demo corpus with its feature cache built once for the module."""
+    from waveglow.data import load_stats
+
+    root = copy_corpus(demo_root, tmp_path_factory.mktemp("train") / "corpus")
+    load_stats(make_cfg(root, root / "unused"), progress=False)
+    return root
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def flat(obj) -> list:
+    """Every leaf of nested dicts/lists in a fixed order (for exact state comparisons)."""
+    if isinstance(obj, dict):
+        return [x for k in sorted(obj, key=str) for x in [k, *flat(obj[k])]]
+    if isinstance(obj, (list, tuple)):
+        return [x for v in obj for x in flat(v)]
+    return [obj]
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    """Model, optimizer, step and RNG identical to the bit."""
+    assert a["step"] == b["step"]
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for key in ("optimizer", "rng", "sampler", "scheduler"):
+        fa, fb = flat(a[key]), flat(b[key])
+        assert len(fa) == len(fb), key
+        for x, y in zip(fa, fb):
+            assert (torch.equal(x, y) if torch.is_tensor(x) else x == y), key
+
+
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0, "audio": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+# --------------------------------------------------------------------------- learning + files
+def test_learns_and_writes_every_tag_and_file(corpus, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    cfg = make_cfg(corpus, run, "train.max_steps=36", "train.lr=1e-3", "train.val_every=12",
+                   "train.checkpoint_every=12", "train.keep_checkpoints=2", "train.audio_every=36",
+                   "train.logdet_every=12", "train.audio_clips=1", "data.segment_length=4100")
+    result = train(cfg)
+    assert result.exit_code == 0 and result.step == 36
+
+    # Held-out likelihood rises from the step-0 value; train NLL falls.
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [0, 12, 24, 36]
+    assert lines[-1]["val_log_likelihood"] > lines[0]["val_log_likelihood"] + 0.05
+    values = scalars(run)
+    nll = [v for _, v in values["train/nll"]]
+    assert np.mean(nll[-6:]) < np.mean(nll[:6]) - 0.05
+
+    acc = EventAccumulator(str(run), size_guidance={"scalars": 0, "images": 0, "audio": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    for tag in ["train/log_likelihood", "val/log_likelihood", "train/nll", "train/lr", "train/grad_norm",
+                "train/samples_per_sec", "train/skipped_steps"]:
+        assert tag in tags["scalars"], tag
+    n_flows = int(cfg.model.n_flows)
+    for k in range(n_flows):
+        for part in ("log_s", "W", "W_cond"):
+            assert f"logdet/flow_{k}/{part}" in tags["scalars"]
+    assert "audio/val_0" in tags["audio"] and "mel/val_0" in tags["images"]
+    assert "_hparams_/experiment" in acc.PluginTagToContent("hparams")
+    image = acc.Images("mel/val_0")[-1]
+    assert image.height == 2 * 80 + 2 and image.width > 1
+    assert values["train/log_likelihood"][-1][1] == pytest.approx(-values["train/nll"][-1][1])
+
+    # Run layout and checkpoint contents.
+    assert (run / "config.yaml").is_file()
+    ckpts = run / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("*.pt")) == ["best.pt", "last.pt", "step_24.pt", "step_36.pt"]
+    state = load(ckpts / "last.pt")
+    assert CHECKPOINT_KEYS <= state.keys()
+    assert state["format_version"] == FORMAT_VERSION and state["step"] == 36
+    assert state["config"]["model"]["name"] == "tiny" and state["config"]["run_dir"] == str(run)
+    assert state["metrics"]["best_val_log_likelihood"] == pytest.approx(lines[-1]["val_log_likelihood"])
+    # The segment length was rounded down to a multiple of n_group (4100 -> 4096).
+    assert state["config"]["data"]["segment_length"] == 4100
+    stats = torch.load(corpus / "cache" / "stats.pt", weights_only=True)
+    assert torch.equal(state["model"]["mel_mean"], stats["mean"])
+    model = load_model(ckpts / "best.pt")
+    assert torch.equal(model.mel_std, stats["std"])
+    # Re-running a finished run does nothing and leaves it alone.
+    assert train(make_cfg(corpus, run, "train.max_steps=36")).step == 36
+
+
+def test_resume_equals_uninterrupted_bit_exactly(corpus, tmp_path):
+    extra = ["train.deterministic=true", "train.checkpoint_every=3", "train.val_every=4"]
+    train(make_cfg(corpus, tmp_path / "full", "train.max_steps=10", *extra))
+    train(make_cfg(corpus, tmp_path / "split", "train.max_steps=5", *extra))
+    resumed = train(make_cfg(corpus, tmp_path / "split", "train.max_steps=10", *extra))
+    assert resumed.step == 10
+    assert_same_state(load(tmp_path / "full/checkpoints/last.pt"), load(tmp_path / "split/checkpoints/last.pt"))
+
+
+# --------------------------------------------------------------------------- guards
+def test_injected_nan_is_skipped_and_counted(corpus, tmp_path):
+    before: dict[str, torch.Tensor] = {}
+
+    def poison(trainer, batch):
+        if trainer.state.step == 2:  # the third step
+            batch["audio"][0, 100] = float("nan")
+            before.update({k: v.clone() for k, v in trainer.model.state_dict().items()})
+
+    def check(trainer):
+        if trainer.state.step == 3:  # the poisoned step left the weights alone
+            for k, v in trainer.model.state_dict().items():
+                assert torch.equal(v, before[k]), k
+
+    run = tmp_path / "run"
+    result = train(make_cfg(corpus, run, "train.max_steps=5"), TrainHooks(before_step=poison, after_step=check))
+    assert result.skipped_steps == 1 and result.recoveries == 0
+    skipped = dict(scalars(run)["train/skipped_steps"])
+    assert skipped[2] == 0 and skipped[3] == 1 and skipped[5] == 1
+    state = load(run / "checkpoints/last.pt")
+    assert state["metrics"]["skipped_steps"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_guard_recovers_from_divergence_and_logdets_show_it(corpus, tmp_path, caplog):
+    """W of flow 0 blown up at step 6: every step is non-finite until the guard reloads last.pt."""
+
+    def diverge(trainer, batch):
+        if trainer.state.step == 6:
+            with torch.no_grad():
+                trainer.model.flows["convinv_0"].weight.mul_(1e15)
+
+    run = tmp_path / "run"
+    cfg = make_cfg(corpus, run, "train.max_steps=14", "train.checkpoint_every=4", "train.logdet_every=2",
+                   "train.guard.max_bad_steps=3", "train.lr=2e-4")
+    with caplog.at_level("WARNING", logger="waveglow"):
+        result = train(cfg, TrainHooks(before_step=diverge))
+    assert result.recoveries == 1 and result.skipped_steps == 3
+    assert any("3 consecutive non-finite steps" in r.message and "last.pt" in r.message for r in caplog.records)
+    values = scalars(run)
+    w = dict(values["logdet/flow_0/W"])
+    # log|det(1e15·W)| per audio sample = log(1e15) (n_group channels over n_group samples).
+    assert w[7] > w[6] + 30 and abs(w[10] - w[6]) < 1.0
+    assert values["train/lr"][-1][1] == pytest.approx(1e-4)  # halved by the recovery
+    state = load(run / "checkpoints/last.pt")
+    assert state["scheduler"]["lr_mult"] == 0.5 and state["scheduler"]["recoveries"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_validation_collapse_reloads_best(corpus, tmp_path, caplog):
+    def shrink(trainer, batch):
+        if trainer.state.step == 4:  # W · 0.01 costs log(100) ≈ 4.6 nats per sample
+            with torch.no_grad():
+                trainer.model.flows["convinv_0"].weight.mul_(0.01)
+
+    run = tmp_path / "run"
+    cfg = make_cfg(corpus, run, "train.max_steps=8", "train.val_every=2", "train.guard.val_drop=1.0")
+    with caplog.at_level("WARNING", logger="waveglow"):
+        result = train(cfg, TrainHooks(before_step=shrink))
+    assert result.recoveries == 1
+    assert any("fell more than 1.0 nats/sample below the best" in r.message and "best.pt" in r.message
+               for r in caplog.records)
+    vals = [json.loads(x)["val_log_likelihood"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    # Steps 0, 2, 4, 6, 8: collapsed at step 6, back to normal at step 8 (best.pt of step 4 reloaded).
+    assert vals[3] < vals[2] - 3 and abs(vals[4] - vals[2]) < 0.5
+
+
+@pytest.fixture(scope="module")
+def hostile_corpus(tmp_path_factory, demo_root) -> Path:
+    """Demo clips, some replaced by digital silence and some by hard full-scale clipping."""
+    root = copy_corpus(demo_root, tmp_path_factory.mktemp("hostile") / "corpus")
+    for i, wav in enumerate(sorted((root / "wavs").glob("*.wav"))):
+        audio, sr = sf.read(wav, dtype="float32")
+        if i % 3 == 0:
+            audio[: len(audio) * 2 // 3] = 0.0  # long stretches of exact zeros
+        elif i % 3 == 1:
+            audio = np.clip(audio * 50.0, -1.0, 1.0)  # full-scale square-ish waves
+        sf.write(wav, audio, sr, subtype="PCM_16")
+    return root
+
+
+def test_fp16_on_silence_and_clipping_stays_finite(hostile_corpus, tmp_path):
+    run = tmp_path / "run"
+    result = train(make_cfg(hostile_corpus, run, "train.precision=fp16", "train.max_steps=8",
+                            "train.lr=1e-3", "train.val_every=4"))
+    values = scalars(run)
+    assert all(math.isfinite(v) for _, v in values["train/nll"])
+    assert all(math.isfinite(v) for _, v in values["val/log_likelihood"])
+    assert result.skipped_steps <= 3  # at most a few GradScaler overflow steps
+    state = load(run / "checkpoints/last.pt")
+    assert state["scaler"] is not None and state["scaler"]["scale"] > 0
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+# --------------------------------------------------------------------------- fine-tuning
+def test_init_from_loads_weights_only(corpus, tmp_path):
+    src = tmp_path / "src"
+    train(make_cfg(corpus, src, "train.max_steps=2"))
+    source = load(src / "checkpoints/last.pt")
+    # A non-shape setting differs (the prior sigma): accepted; the new run starts at step 0
+    # with exactly the source weights (and its mel statistics), and its own settings.
+    run = tmp_path / "ft"
+    init = f"train.init_from={src / 'checkpoints/last.pt'}"
+    assert train(make_cfg(corpus, run, "train.max_steps=0", "model.sigma=0.9", init)).step == 0
+    first = load(run / "checkpoints/last.pt")
+    assert first["step"] == 0 and first["config"]["model"]["sigma"] == 0.9
+    for k, v in source["model"].items():
+        assert torch.equal(first["model"][k], v), k
+    # Re-running resumes the fine-tuning run (init_from is not applied twice).
+    assert train(make_cfg(corpus, run, "train.max_steps=1", "model.sigma=0.9", init)).step == 1
+    # Weights of another shape are refused with the file named.
+    with pytest.raises(UserError, match="init_from weights do not fit"):
+        train(make_cfg(corpus, tmp_path / "bad", "train.max_steps=1", "model.wn.n_channels=48",
+                       f"train.init_from={src / 'checkpoints/last.pt'}"))
+
+
+def test_resume_refuses_other_model_settings(corpus, tmp_path):
+    train(make_cfg(corpus, tmp_path / "run", "train.max_steps=1"))
+    with pytest.raises(UserError, match="other model/audio settings"):
+        train(make_cfg(corpus, tmp_path / "run", "train.max_steps=2", "model.n_flows=2"))
+
+
+# --------------------------------------------------------------------------- helpers
+def test_precision_and_lr_schedule():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_precision("auto", cpu) is None
+    assert resolve_precision("auto", cuda) is torch.float16
+    assert resolve_precision("bf16", cpu) is torch.bfloat16
+    with pytest.raises(UserError, match="train.precision"):
+        resolve_precision("fp8", cpu)
+    t = {"lr": 1e-4, "warmup_steps": 4, "lr_decay_steps": [10], "lr_decay_factor": 0.5}
+    assert [lr_at(s, t) for s in (0, 3, 9, 10)] == pytest.approx([2.5e-5, 1e-4, 1e-4, 5e-5])
+    assert lr_at(20, t, lr_mult=0.5) == pytest.approx(2.5e-5)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.val_every=0", "train.val_every=0: expected an integer >= 1"),
+    ("train.precision=fp8", "train.precision='fp8'"),
+    ("train.guard.lr_factor=2.0", "train.guard"),
+    ("train.device=tpu", "train.device='tpu'"),
+])
+def test_bad_settings_are_user_errors(override, message, tmp_path):
+    with pytest.raises(UserError, match=re.escape(message)):
+        train(make_cfg(tmp_path / "no-corpus", tmp_path / "run", override))
+
+
+def test_mel_image_is_target_over_resynthesis():
+    target = torch.linspace(-10, 0, 80)[:, None].repeat(1, 7)
+    img = mel_comparison_image(target, target[:, :5])
+    assert img.shape == (3, 162, 7) and img.dtype == np.float32
+    assert 0.0 <= img.min() and img.max() <= 1.0
+    # Low mel channels at the bottom of each half: the top row is the brightest (highest value).
+    assert img[:, 0].sum() > img[:, 79].sum()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_fp16_training_smoke(corpus, tmp_path):
+    result = train(make_cfg(corpus, tmp_path / "run", "train.max_steps=4", "train.device=cuda",
+                            "train.precision=auto"))
+    state = load(tmp_path / "run/checkpoints/last.pt")
+    assert result.step == 4 and state["scaler"] is not None
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
