@@ -20,7 +20,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-STEPS = int(os.environ.get("DEMO_STEPS", "600"))
+STEPS = int(os.environ.get("DEMO_STEPS", "800"))
 RUN_DIR = Path(os.environ.get("DEMO_RUN_DIR", REPO / "checkpoints" / "demo-tiny"))
 OUT = Path(os.environ.get("DEMO_OUT", REPO / "outputs" / "demo"))
 CORPUS = REPO / "data" / "demo"
@@ -47,7 +47,8 @@ def main() -> None:
     step("1/4 preprocess the demo corpus (mels, splits, statistics)", "waveglow-preprocess", "data=demo")
 
     step(f"2/4 train model=tiny for {STEPS} steps on CPU (resumes if {RUN_DIR.name} exists)",
-         "waveglow-train", "data=demo", "model=tiny", f"train.max_steps={STEPS}", f"run_dir={RUN_DIR}")
+         "waveglow-train", "data=demo", "model=tiny", "train=demo", "data.segment_length=8192",
+         f"train.max_steps={STEPS}", f"run_dir={RUN_DIR}")
 
     val_ids = (CORPUS / "splits" / "val.txt").read_text().split()
     test_ids = (CORPUS / "splits" / "test.txt").read_text().split()

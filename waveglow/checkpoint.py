@@ -18,10 +18,13 @@ Inference reads the model's settings from `config`, never from the user.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import re
+import sys
 import tempfile
+import time
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -69,16 +72,50 @@ def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     tmp = Path(tmp_name)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make checkpoints private
         with os.fdopen(fd, "wb") as f:
-            torch.save(dict(state), f)
+            _write(f, dict(state))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except RuntimeError as e:
+        tmp.unlink(missing_ok=True)
+        # torch.save reports a failed write (disk full) as a RuntimeError around the OSError.
+        if isinstance(e.__context__, OSError):
+            raise e.__context__ from None
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write(f: Any, state: dict) -> None:
+    """torch.save into `f`, with a test hook for fault injection.
+
+    `WAVEGLOW_TEST_SLOW_SAVE=<seconds>` writes half the bytes, prints `checkpoint write in
+    progress` on stderr and sleeps, so a crash-safety test can SIGKILL the process while a temp
+    file holds half a checkpoint. Unset (always, outside the tests), this is plain torch.save.
+    """
+    delay = float(os.environ.get("WAVEGLOW_TEST_SLOW_SAVE") or 0)
+    if delay <= 0:
+        torch.save(state, f)
+        return
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    data = buf.getvalue()
+    f.write(data[: len(data) // 2])
+    f.flush()
+    print("checkpoint write in progress", file=sys.stderr, flush=True)
+    time.sleep(delay)
+    f.write(data[len(data) // 2:])
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:

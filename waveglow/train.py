@@ -23,7 +23,6 @@ exit with 143/130; SIGKILL loses at most the steps since the last checkpoint (wr
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -35,7 +34,6 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -204,37 +202,6 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
     ranks, the loader workers or where a run was resumed.
     """
     return _splitmix64(_splitmix64(_splitmix64(seed) ^ epoch) ^ index) >> 1
-
-
-@contextmanager
-def _slow_checkpoint_writes() -> Iterator[None]:
-    """Test hook: `WAVEGLOW_TEST_SLOW_SAVE=<seconds>` pauses each checkpoint write halfway.
-
-    The temp file then holds half a checkpoint for that long, so a fault-injection test can
-    SIGKILL the process while a write is in flight (it waits for the marker line
-    `checkpoint write in progress` on stderr). Unset, this does nothing.
-    """
-    delay = float(os.environ.get("WAVEGLOW_TEST_SLOW_SAVE") or 0)
-    if delay <= 0:
-        yield
-        return
-    real_save = torch.save
-
-    def slow_save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
-        buf = io.BytesIO()
-        real_save(obj, buf, *args, **kwargs)
-        data = buf.getvalue()
-        f.write(data[: len(data) // 2])
-        f.flush()
-        print("checkpoint write in progress", file=sys.stderr, flush=True)
-        time.sleep(delay)
-        f.write(data[len(data) // 2:])
-
-    torch.save = slow_save
-    try:
-        yield
-    finally:
-        torch.save = real_save
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -675,10 +642,9 @@ class Trainer:
                 log.warning(f"step {self.state.step}: parameters are not finite; checkpoint not written")
                 names = []
             try:
-                with _slow_checkpoint_writes():
-                    first = save_checkpoint(self.ckpt_dir / names[0], state) if names else None
-                    for name in names[1:]:
-                        _link_or_save(first, self.ckpt_dir / name, state)
+                first = save_checkpoint(self.ckpt_dir / names[0], state) if names else None
+                for name in names[1:]:
+                    _link_or_save(first, self.ckpt_dir / name, state)
                 self._prune_step_checkpoints()
             except (OSError, RuntimeError) as e:
                 # torch.save reports a failed write (disk full) as a RuntimeError whose context
