@@ -1,0 +1,188 @@
+"""Likelihood scoring: the per-sample decomposition is exact, chunked scoring equals whole-file
+scoring, and an injected click / noise burst in held-out demo speech is flagged at its time
+(by a tiny model trained briefly here on other demo clips), through the API and the CLI."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import soundfile as sf
+import torch
+from conftest import run_cli
+from test_synthesize import tiny_config
+
+from waveglow.checkpoint import FORMAT_VERSION, build_model, save_checkpoint
+from waveglow.mel import MelSpectrogram
+from waveglow.score import (
+    Scorer,
+    frame_means,
+    per_sample_log_likelihood,
+    robust_z,
+    suspect_regions,
+    write_scores,
+)
+from waveglow.synthesize import Synthesizer
+
+SR, HOP = 22050, 256
+TEST_CLIP = "DEMO001-0001"  # held out from the brief training below
+TRAIN_CLIPS = [f"DEMO001-{i:04d}" for i in range(2, 9)]
+CLICK_S, BURST_S = 0.30, 0.45
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: a second intra-op thread only adds synchronization (and on a busy machine
+    that synchronization costs far more than the work), so these in-process tests use one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def load(demo_root, clip: str) -> torch.Tensor:
+    audio, sr = sf.read(demo_root / "wavs" / f"{clip}.wav", dtype="float32")
+    assert sr == SR
+    return torch.from_numpy(audio)
+
+
+def with_click(audio: torch.Tensor, at_s: float) -> torch.Tensor:
+    """A full-scale 8-sample click (alternating ±0.9) at `at_s` seconds."""
+    out = audio.clone()
+    i = int(at_s * SR)
+    out[i: i + 8] = torch.tensor([0.9, -0.9] * 4)
+    return out
+
+
+def with_burst(audio: torch.Tensor, at_s: float) -> torch.Tensor:
+    """20 ms of white noise (0.1 rms) added at `at_s` seconds."""
+    out = audio.clone()
+    i = int(at_s * SR)
+    out[i: i + 441] += 0.1 * torch.randn(441, generator=torch.Generator().manual_seed(1))
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(demo_root):
+    """tiny, 40 Adam steps on 2 x 4096-sample dithered segments of other demo clips (~1 nat/sample)."""
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    model = build_model(cfg)
+    mel_fn = MelSpectrogram.from_config(cfg["audio"])
+    clips = [load(demo_root, c) for c in TRAIN_CLIPS]
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    seg = 4096
+    _train(model, opt, mel_fn, clips, gen, seg, steps=40)
+    return model.eval(), cfg
+
+
+def _train(model, opt, mel_fn, clips, gen, seg: int, steps: int) -> None:
+    for _ in range(steps):
+        xs = []
+        for _ in range(2):
+            clip = clips[int(torch.randint(len(clips), (1,), generator=gen))]
+            start = int(torch.randint((clip.numel() - seg) // HOP, (1,), generator=gen)) * HOP
+            xs.append(clip[start: start + seg])
+        x = torch.stack(xs)
+        x = x + (torch.rand(x.shape, generator=gen) - 0.5) / 32768  # 1-LSB dither, as training
+        with torch.no_grad():
+            mel = mel_fn(x)
+        loss = -model.log_prob(x, mel).mean() / seg
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+@pytest.fixture(scope="module")
+def scorer(trained):
+    model, cfg = trained
+    return Scorer(Synthesizer.from_model(copy.deepcopy(model), cfg, device="cpu"))
+
+
+def test_per_sample_values_sum_to_log_prob(trained, demo_root):
+    model, cfg = trained
+    audio = load(demo_root, TEST_CLIP)
+    T = audio.numel() - audio.numel() % 8
+    x = audio[:T][None]
+    mel = MelSpectrogram.from_config(cfg["audio"])(x)
+    with torch.inference_mode():
+        ll = per_sample_log_likelihood(model, x, mel)
+        lp = model.log_prob(x, mel)
+    assert ll.shape == x.shape
+    assert abs(ll.double().sum().item() - lp.item()) < 1e-5 * abs(lp.item()) + 1e-2
+
+
+def test_chunked_scoring_equals_whole_file(trained, scorer, demo_root):
+    model, cfg = trained
+    audio = load(demo_root, "DEMO001-0009")
+    mel = scorer.mel_fn(audio)
+    whole = scorer.per_sample(audio, mel)
+    chunked = Scorer(Synthesizer.from_model(copy.deepcopy(model), cfg, device="cpu", chunk_frames=20,
+                                            crossfade_frames=0))
+    assert mel.shape[-1] > 3 * 20
+    assert (chunked.per_sample(audio, mel) - whole).abs().max().item() < 1e-4
+
+
+def test_click_and_noise_burst_are_flagged_at_their_time(scorer, demo_root):
+    clean = load(demo_root, TEST_CLIP)
+    base = scorer.score_audio(clean, "clean")
+    assert not any(r.start_s <= t <= r.end_s for r in base.regions for t in (CLICK_S, BURST_S))
+    for name, audio, at in (("click", with_click(clean, CLICK_S), CLICK_S),
+                            ("burst", with_burst(clean, BURST_S), BURST_S)):
+        result = scorer.score_audio(audio, name)
+        hits = [r for r in result.regions if r.start_s - 0.012 <= at <= r.end_s]
+        assert hits, (name, result.regions)
+        # The injected event is the least likely part of the file, far below the threshold.
+        assert hits[0].min_z == min(r.min_z for r in result.regions) < -2 * scorer.threshold
+        assert hits[0].end_s - hits[0].start_s < 0.1
+        # Away from the event the frames score as before.
+        f = int(at * SR / HOP)
+        far = [i for i in range(len(base.frame_nats)) if abs(i - f) > 12]
+        assert max(abs(result.frame_nats[i] - base.frame_nats[i]) for i in far) < 1e-4
+
+
+def test_robust_z_and_regions():
+    frames = torch.tensor([2.0, 2.1, 1.9, 2.0, -5.0, -4.0, 2.0, 2.05, 1.95, -3.0, 2.0, 2.0])
+    z, med, mad = robust_z(frames)
+    assert med == pytest.approx(2.0) and mad == pytest.approx(0.05)
+    regions = suspect_regions(frames, z, threshold=5.0, merge_gap=0, hop=HOP, sampling_rate=SR)
+    assert [(r.first_frame, r.last_frame) for r in regions] == [(4, 5), (9, 9)]
+    assert regions[0].start_s == pytest.approx(3.5 * HOP / SR) and regions[0].end_s == pytest.approx(5.5 * HOP / SR)
+    merged = suspect_regions(frames, z, threshold=5.0, merge_gap=3, hop=HOP, sampling_rate=SR)
+    assert [(r.first_frame, r.last_frame) for r in merged] == [(4, 9)]
+    # Frame means: frame f covers samples [f·hop − hop/2, f·hop + hop/2).
+    values = torch.arange(1024, dtype=torch.float32)
+    assert frame_means(values, HOP, 5).tolist() == pytest.approx([63.5, 255.5, 511.5, 767.5, 959.5])
+
+
+def test_score_cli_writes_json_and_csv(trained, demo_root, tmp_path):
+    model, cfg = trained
+    ckpt = tmp_path / "tiny.pt"
+    save_checkpoint(ckpt, {"format_version": FORMAT_VERSION, "model": model.state_dict(), "config": cfg,
+                           "step": 40, "epoch": 0})
+    wavs = tmp_path / "wavs"
+    wavs.mkdir()
+    clean = load(demo_root, TEST_CLIP)
+    sf.write(wavs / "clean.wav", clean.numpy(), SR, subtype="FLOAT")
+    sf.write(wavs / "clicked.wav", with_click(clean, CLICK_S).numpy(), SR, subtype="FLOAT")
+    out = tmp_path / "scores" / "scores.json"
+    proc = run_cli("waveglow-score", f"checkpoint={ckpt}", f"input={wavs}", f"output={out}",
+                   env={"OMP_NUM_THREADS": "1"})
+    assert "nats/sample" in proc.stdout and "suspect" in proc.stdout
+    doc = json.loads(out.read_text())
+    by_name = {f["file"].rsplit("/", 1)[-1]: f for f in doc["files"]}
+    clicked = by_name["clicked.wav"]
+    assert any(r["start_s"] - 0.012 <= CLICK_S <= r["end_s"] for r in clicked["regions"])
+    assert not any(r["start_s"] <= CLICK_S <= r["end_s"] for r in by_name["clean.wav"]["regions"])
+    assert clicked["nats_per_sample"] < by_name["clean.wav"]["nats_per_sample"]
+    assert len(clicked["frame_nats"]) == 1 + clean.numel() // HOP
+    assert doc["unit"] == "nats per sample" and (out.parent / "config.yaml").exists()
+    # CSV: one row per file plus a per-frame table (written in process from the same scores).
+    scores = [Scorer(Synthesizer(ckpt, device="cpu")).score_audio(clean, "clean.wav")]
+    written = write_scores(tmp_path / "s.csv", scores, [], {"hop_length": HOP, "sampling_rate": SR,
+                                                            "threshold": 8.0})
+    assert [p.name for p in written] == ["s.csv", "s_frames.csv"]
+    assert written[0].read_text().splitlines()[0].startswith("file,seconds,samples,nats_per_sample")
+    assert len(written[1].read_text().splitlines()) == 1 + len(scores[0].frame_nats)

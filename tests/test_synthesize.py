@@ -1,0 +1,316 @@
+"""Synthesizer: output length, exact batching and chunking, noise determinism, bf16 on CPU,
+the bias denoiser, input resolution, and bad inputs (in process; the CLI runs are in
+test_cli_synthesize.py)."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import yaml
+
+from waveglow.checkpoint import FORMAT_VERSION, build_model, save_checkpoint
+from waveglow.errors import UserError
+from waveglow.metrics import snr_db
+from waveglow.synthesize import (
+    Synthesizer,
+    noise_seed,
+    plan_pieces,
+    receptive_field_frames,
+    resolve_inputs,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+HOP = 256
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: a second intra-op thread only adds synchronization (and on a busy machine
+    that synchronization costs far more than the work), so these in-process tests use one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_config() -> dict:
+    """The resolved config of a `tiny` model with the default audio settings."""
+    audio = yaml.safe_load((REPO / "configs/audio/default.yaml").read_text())
+    model = yaml.safe_load((REPO / "configs/model/tiny.yaml").read_text())
+    return {"audio": audio, "model": model}
+
+
+def active_model(seed: int = 0):
+    """A tiny WaveGlow whose couplings are not the identity (random end layers), with
+    non-trivial mel statistics: every path of the conditioning and the WN stacks is exercised.
+    """
+    torch.manual_seed(seed)
+    cfg = tiny_config()
+    model = build_model(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".end." in name:
+                p.normal_(0.0, 0.02)
+    model.set_mel_stats(torch.full((80,), -6.0), torch.full((80,), 2.0))
+    return model.eval(), cfg
+
+
+def random_mel(frames: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(80, frames, generator=g) * 2.0 - 6.0
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model, cfg = active_model()
+    reference = copy.deepcopy(model)
+    reference.remove_weight_norm()
+    synth = Synthesizer.from_model(model, cfg, device="cpu")
+    return synth, reference, cfg
+
+
+def reference_decode(reference, mel: torch.Tensor, key, seed: int = 0, sigma: float = 0.6) -> torch.Tensor:
+    """The model's own decode of one mel with the noise the Synthesizer gives `key`."""
+    gen = torch.Generator().manual_seed(noise_seed(seed, key))
+    z = torch.randn(HOP * mel.shape[-1], generator=gen) * sigma
+    with torch.inference_mode():
+        return reference.decode(z[None], mel[None])[0]
+
+
+def test_output_length_and_matches_model_decode(setup):
+    synth, reference, _ = setup
+    mel = random_mel(37, 1)
+    out = synth.from_mel(mel, sigma=0.6, seed=3, keys=["clip"])
+    assert out.shape == (HOP * 37,) and out.dtype == torch.float32
+    ref = reference_decode(reference, mel, "clip", seed=3)
+    assert (out - ref).abs().max().item() < 1e-5
+
+
+def test_receptive_field_bounds_the_influence(setup):
+    # A change of one mel frame (and of its noise) must not reach beyond the computed bound.
+    synth, reference, cfg = setup
+    rf = receptive_field_frames(cfg["model"], HOP)
+    assert rf == synth.receptive_field
+    F, f0 = 6 * rf + 1, 3 * rf
+    mel, z = random_mel(F, 2), torch.randn(HOP * F)
+    mel2, z2 = mel.clone(), z.clone()
+    mel2[:, f0] += 3.0
+    z2[f0 * HOP:(f0 + 1) * HOP] += 1.0
+    with torch.inference_mode():
+        a = reference.decode(z[None], mel[None])[0]
+        b = reference.decode(z2[None], mel2[None])[0]
+    changed = ((a - b).abs() > 0).nonzero().flatten()
+    assert changed.numel() > 0
+    lo, hi = changed.min().item() // HOP, changed.max().item() // HOP
+    assert f0 - rf <= lo and hi <= f0 + rf, (lo, hi, rf)
+
+
+def test_batched_equals_unbatched(setup):
+    synth, reference, _ = setup
+    rf = synth.receptive_field
+    # Lengths around the repair window (2·rf), one longer than the longest in the batch, one tiny.
+    lengths = [1, 5, 2 * rf - 1, 2 * rf, 2 * rf + 3, 40, 41, 77]
+    mels = [random_mel(n, 10 + i) for i, n in enumerate(lengths)]
+    refs = [reference_decode(reference, m, i) for i, m in enumerate(mels)]
+    F = max(lengths)
+    padded = torch.full((len(mels), 80, F), -11.5)
+    for i, m in enumerate(mels):
+        padded[i, :, : m.shape[-1]] = m
+    for batch_size in (1, 3, 8):
+        out = synth.from_mel(padded, lengths=lengths, batch_size=batch_size)
+        for i, n in enumerate(lengths):
+            assert (out[i, : HOP * n] - refs[i]).abs().max().item() < 1e-5, (batch_size, n)
+            assert (out[i, HOP * n:] == 0).all()
+    # Without the repair the padded items' ends differ audibly: the repair is what makes it exact.
+    gens = [torch.Generator().manual_seed(noise_seed(0, i)) for i in range(len(mels))]
+    zs = [torch.randn(HOP * m.shape[-1], generator=g) * 0.6 for m, g in zip(mels, gens)]
+    with torch.inference_mode():
+        naive = synth._decode_batch(mels, zs)
+    assert max((a - r).abs().max().item() for a, r in zip(naive, refs)) > 1e-3
+
+
+def test_chunked_close_to_unchunked(setup):
+    synth, reference, cfg = setup
+    mel = random_mel(150, 4)
+    ref = reference_decode(reference, mel, "long")
+    whole = synth.from_mel(mel, keys=["long"])
+    model = copy.deepcopy(synth.model)
+    chunked = Synthesizer.from_model(model, cfg, device="cpu", chunk_frames=24, crossfade_frames=4)
+    assert len(plan_pieces(0, 150, 24, chunked.overlap, 4)) == 7
+    out = chunked.from_mel(mel, keys=["long"], batch_size=3)
+    assert out.shape == ref.shape
+    # Context = receptive field: exact up to float rounding.
+    assert (out - ref).abs().max().item() < 1e-5
+    assert (whole - ref).abs().max().item() < 1e-5
+    # Less context than the receptive field is an approximation, still close thanks to the fade.
+    short = Synthesizer.from_model(copy.deepcopy(model), cfg, device="cpu", chunk_frames=24, overlap=2,
+                                   crossfade_frames=4)
+    approx = short.from_mel(mel, keys=["long"])
+    assert torch.isfinite(approx).all() and snr_db(ref, approx) > 10
+
+
+def test_plan_pieces_tiles_the_input():
+    for F, chunk, overlap, fade in ((10, 20, 3, 4), (100, 24, 5, 4), (1000, 64, 0, 0), (65, 64, 9, 2)):
+        pieces = plan_pieces(0, F, chunk, overlap, fade)
+        cover = torch.zeros(F)
+        for p in pieces:
+            assert 0 <= p.start <= p.keep_start < p.keep_end <= p.end <= F
+            assert p.keep_start - p.start == min(overlap, p.keep_start)
+            cover[p.keep_start:p.keep_end] += 1
+        assert (cover >= 1).all() and pieces[0].start == 0 and pieces[-1].end == F
+        assert max(p.keep_end - p.keep_start for p in pieces) <= chunk + fade
+
+
+def test_noise_is_deterministic_per_seed_and_key(setup):
+    synth, _, _ = setup
+    mel = random_mel(20, 5)
+    a = synth.from_mel(mel, seed=7, keys=["x"])
+    b = synth.from_mel(mel, seed=7, keys=["x"])
+    c = synth.from_mel(mel, seed=8, keys=["x"])
+    d = synth.from_mel(mel, seed=7, keys=["y"])
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c) and not torch.allclose(a, d)
+    assert noise_seed(0, "LJ001-0001") == noise_seed(0, "LJ001-0001") != noise_seed(1, "LJ001-0001")
+    # sigma 0 does not depend on the seed at all.
+    assert torch.equal(synth.from_mel(mel, sigma=0.0, seed=1), synth.from_mel(mel, sigma=0.0, seed=2))
+
+
+def test_bf16_on_cpu_is_finite_and_close_to_fp32(setup):
+    synth, _, cfg = setup
+    mel = random_mel(60, 6)
+    ref = synth.from_mel(mel, keys=["k"])
+    bf16 = Synthesizer.from_model(copy.deepcopy(synth.model), cfg, device="cpu", precision="bf16")
+    out = bf16.from_mel(mel, keys=["k"])
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    snr = snr_db(ref, out)
+    print(f"bf16 vs fp32 on CPU (tiny, active couplings): SNR {snr:.1f} dB")
+    assert snr > 20.0
+
+
+def test_denoiser_lowers_the_bias_tone(setup):
+    synth, _, _ = setup
+    denoiser = synth.denoiser("mean")
+    assert denoiser is synth.denoiser("mean")  # computed once
+    assert denoiser.bias_spec.shape == (513, 1) and denoiser.bias_spec.sum() > 0
+    # A zero-level mel at sigma 0 is the bias tone itself.
+    mel = synth.model.mel_mean.detach().reshape(80, 1).expand(80, 80).clone()
+    tone = synth.from_mel(mel, sigma=0.0)
+    cleaned = synth.from_mel(mel, sigma=0.0, denoiser_strength=1.0)
+    assert cleaned.shape == tone.shape
+    mid = slice(HOP * 20, HOP * 60)  # away from the edges, where the tone is stationary
+    ratio = (cleaned[mid].pow(2).mean() / tone[mid].pow(2).mean()).item()
+    print(f"denoiser strength 1.0: bias-tone energy x{ratio:.4f} ({10 * math.log10(ratio):.1f} dB)")
+    assert ratio < 0.05
+    # Strength 0 leaves audio untouched; the silence variant also builds.
+    x = torch.randn(3000)
+    assert torch.equal(synth.denoise(x, 0.0), x)
+    assert synth.denoiser("silence").bias_spec.shape == (513, 1)
+    with pytest.raises(UserError):
+        synth.denoiser("loud")
+
+
+def test_from_mel_rejects_bad_tensors(setup):
+    synth, _, _ = setup
+    for bad in (torch.randn(80), torch.randn(40, 10), torch.full((80, 5), float("nan")),
+                torch.randn(80, 0), torch.randn(1, 1, 80, 4)):
+        with pytest.raises(UserError):
+            synth.from_mel(bad)
+
+
+def test_resolve_inputs(tmp_path):
+    for name in ("b.pt", "a.npy", "c.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    assert [p.name for p in resolve_inputs(tmp_path, (".pt", ".npy"))] == ["a.npy", "b.pt"]
+    assert [p.name for p in resolve_inputs(str(tmp_path / "*.pt"), (".pt", ".npy"))] == ["b.pt"]
+    listing = tmp_path / "list.txt"
+    listing.write_text("# mels\nb.pt|some text\n\nmissing.pt\n")
+    assert [p.name for p in resolve_inputs(listing, (".pt",))] == ["b.pt", "missing.pt"]
+    # Bare clip ids of a corpus split resolve to its wavs/ (audio) or cache/mels/ (mels).
+    (tmp_path / "wavs").mkdir()
+    (tmp_path / "cache" / "mels").mkdir(parents=True)
+    (tmp_path / "wavs" / "clip1.wav").write_bytes(b"x")
+    (tmp_path / "cache" / "mels" / "clip1.pt").write_bytes(b"x")
+    (tmp_path / "splits").mkdir()
+    (tmp_path / "splits" / "test.txt").write_text("clip1\n")
+    assert resolve_inputs(tmp_path / "splits" / "test.txt", (".wav",)) == [tmp_path / "wavs" / "clip1.wav"]
+    assert resolve_inputs(tmp_path / "splits" / "test.txt", (".pt",)) == [tmp_path / "cache" / "mels" / "clip1.pt"]
+    for spec in (tmp_path / "nope", str(tmp_path / "*.wav"), tmp_path / "c.txt.bak"):
+        with pytest.raises(UserError):
+            resolve_inputs(spec, (".pt", ".npy"))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    model, cfg = active_model(seed=1)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(path, {"format_version": FORMAT_VERSION, "model": model.state_dict(), "config": cfg,
+                           "step": 0, "epoch": 0})
+    return path
+
+
+def write_bad_inputs(d: Path) -> dict[str, Path]:
+    """One file per kind of bad mel input, plus the path of a missing one."""
+    d.mkdir(parents=True, exist_ok=True)
+    torch.save(torch.randn(80, 12), d / "good.pt")
+    torch.save(torch.randn(40, 12), d / "wrong_n_mels.pt")
+    torch.save(torch.full((80, 12), float("inf")), d / "inf.pt")
+    nan = np.random.randn(80, 12).astype(np.float32)
+    nan[3, 4] = np.nan
+    np.save(d / "nan.npy", nan)
+    torch.save(torch.zeros(80, 0), d / "empty.pt")
+    torch.save(torch.randn(80), d / "one_d.pt")
+    torch.save({"mel": torch.randn(80, 12)}, d / "not_a_tensor.pt")
+    full = (d / "good.pt").read_bytes()
+    (d / "truncated.pt").write_bytes(full[: len(full) // 2])
+    return {p.stem: p for p in d.iterdir()} | {"missing": d / "missing.pt"}
+
+
+def test_to_files_bad_inputs_fail_or_skip(checkpoint, tmp_path):
+    synth = Synthesizer(checkpoint, device="cpu")
+    files = write_bad_inputs(tmp_path / "mels")
+    for name, path in files.items():
+        if name == "good":
+            continue
+        out = tmp_path / f"out_{name}"
+        with pytest.raises(UserError) as err:
+            synth.to_files([files["good"], path], out, progress=False)
+        msg = str(err.value)
+        assert str(path) in msg and "\n" not in msg, msg
+        assert not list(out.glob("*.wav")), "no WAV may be written when a bad input stops the run"
+        assert not [p for p in out.glob(".*")], "no temporary file may be left behind"
+    listing = tmp_path / "all.txt"
+    listing.write_text("\n".join(str(p) for p in files.values()))
+    report = synth.to_files(listing, tmp_path / "skip", on_error="skip", progress=False)
+    assert [p.name for p in report.written] == ["good.wav"]
+    assert {Path(f).stem for f, _ in report.failed} == set(files) - {"good"}
+    audio, sr = sf.read(tmp_path / "skip" / "good.wav")
+    assert sr == 22050 and audio.shape == (HOP * 12,)
+    assert "real-time factor" in report.summary() and "kHz" in report.summary()
+    with pytest.raises(UserError):  # nothing usable at all
+        synth.to_files([files["inf"]], tmp_path / "none", on_error="skip", progress=False)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+def test_cuda_matches_cpu(setup, precision):
+    synth, reference, cfg = setup
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        pytest.skip("no bf16 on this GPU")
+    gpu = Synthesizer.from_model(copy.deepcopy(synth.model), cfg, device="auto", precision=precision)
+    assert gpu.device.type == "cuda"
+    lengths = [9, 30, 64]
+    mels = torch.stack([torch.nn.functional.pad(random_mel(n, 20 + i), (0, 64 - n), value=-11.5)
+                        for i, n in enumerate(lengths)])
+    out = gpu.from_mel(mels, lengths=lengths, batch_size=3)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    for i, n in enumerate(lengths):
+        ref = reference_decode(reference, mels[i, :, :n], i)
+        snr = snr_db(ref, out[i, : HOP * n])
+        assert snr > (60.0 if precision == "fp32" else 20.0), (precision, n, snr)
