@@ -616,8 +616,7 @@ CASES: list[Case] = [
     Case("mp3-name-on-text", MEL, b_mp3_named_text),
     Case("wav-0-frames", RESYN, b_wav_zero_frames),
     Case("wav-1-sample-mel", MEL, b_wav_one_sample_mel),
-    Case("wav-1-sample-resynthesize", RESYN, b_wav_one_sample_resynth,
-         bug="waveglow/synthesize.py resynthesize: 'audio too short' error does not name the file"),
+    Case("wav-1-sample-resynthesize", RESYN, b_wav_one_sample_resynth),
     Case("wav-nan", SCORE, b_wav_nan),
     Case("wav-inf", MEL, b_wav_inf),
     Case("wav-8-channels-ok", MEL, b_wav_8_channels),
@@ -648,16 +647,14 @@ CASES: list[Case] = [
     Case("archive-path-traversal", "waveglow-download", b_archive_path_traversal),
     # unwritable outputs
     Case("output-dir-under-file-mel", MEL, b_output_dir_under_file_mel),
-    Case("output-dir-under-file-synthesize", SYN, b_output_dir_under_file_synth,
-         bug="waveglow/synthesize.py _Job.run: NotADirectoryError from out_dir.mkdir escapes as a traceback"),
+    Case("output-dir-under-file-synthesize", SYN, b_output_dir_under_file_synth),
     Case("cache-dir-under-file-preprocess", PRE, b_cache_dir_under_file_preprocess),
     # settings
     Case("hydra-unknown-key", MEL, b_hydra_unknown_key),
     Case("hydra-append-existing-key", MEL, b_hydra_append_existing_key),
     Case("hydra-bad-group-value", TRAIN, b_hydra_bad_group_value),
     Case("setting-type-train-max-steps", TRAIN, b_setting_type_train),
-    Case("setting-type-synthesize-sigma", SYN, b_setting_type_synth,
-         bug="waveglow/cli/synthesize.py: float(cfg.sigma) raises ValueError (traceback, exit 1)"),
+    Case("setting-type-synthesize-sigma", SYN, b_setting_type_synth),
 ]
 
 

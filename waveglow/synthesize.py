@@ -60,7 +60,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from waveglow.errors import UserError
+from waveglow.errors import UserError, naming
 
 log = logging.getLogger("waveglow.synthesize")
 
@@ -732,7 +732,7 @@ class Synthesizer:
                 try:
                     n_frames = load_mel(path, self.n_mels).shape[-1]
                 except UserError as e:
-                    job.bad(path, str(e))
+                    job.bad(path, str(naming(path, e)))
                     continue
                 # Checked now, loaded again when its batch comes: memory holds only the mels in
                 # flight, not the whole input set.
@@ -762,9 +762,13 @@ class _Job:
             raise UserError(f"batch_size={batch_size}: expected >= 1")
         if denoiser_strength > 0:
             synth.denoiser(denoiser_mel)  # check the mode (and build the denoiser) before any work
+        self.out_dir = Path(output_dir)
+        try:  # before any loading or synthesis: an unusable destination fails in a second
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"{self.out_dir}: cannot create the output folder ({e.strerror or e})") from None
         self.t0 = time.perf_counter()
         self.synth = synth
-        self.out_dir = Path(output_dir)
         self.sigma, self.seed, self.batch_size = float(sigma), int(seed), int(batch_size)
         self.strength, self.denoiser_mel, self.subtype = float(denoiser_strength), denoiser_mel, subtype
         self.on_error, self.progress = on_error, progress
@@ -806,7 +810,6 @@ class _Job:
         from waveglow.audio import save_audio
 
         s, report = self.synth, self.report
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         seeds = [noise_seed(self.seed, p.stem) for p in self.paths]
         bar = tqdm(total=len(self.paths), unit="file", desc="synthesize", disable=not self.progress,
                    leave=False)
@@ -829,7 +832,10 @@ class _Job:
                 continue
             audio = s.denoise(audio, self.strength, self.denoiser_mel)
             target = self.out_dir / f"{path.stem}.wav"
-            clipped = save_audio(target, audio, s.sampling_rate, subtype=self.subtype)
+            try:
+                clipped = save_audio(target, audio, s.sampling_rate, subtype=self.subtype)
+            except OSError as e:  # disk full, folder removed: every later file would fail too
+                raise UserError(f"{target}: cannot write ({e.strerror or e})") from None
             if clipped:
                 log.info("%s: %d samples clipped to [-1, 1]", target, clipped)
                 report.clipped_samples += clipped
@@ -900,7 +906,7 @@ def resynthesize(synth: Synthesizer, inputs: str | os.PathLike | Sequence[str | 
                 n_frames = mel_fn(audio).shape[-1]  # also rejects audio too short for one frame
             n_samples = audio.numel()
         except UserError as e:
-            job.bad(path, str(e))
+            job.bad(path, str(naming(path, e)))
             continue
         i = len(job.paths)
         job.add(path, n_frames, lambda i=i, path=path: load(i, path), length=n_samples)

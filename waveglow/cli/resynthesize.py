@@ -11,7 +11,7 @@ import logging
 
 from omegaconf import DictConfig
 
-from waveglow.cli.common import hydra_app, save_resolved_config
+from waveglow.cli.common import hydra_app, number, save_resolved_config
 from waveglow.cli.synthesize import input_spec, make_synthesizer, report_failures, require
 
 log = logging.getLogger("waveglow.resynthesize")
@@ -26,8 +26,8 @@ def main(cfg: DictConfig) -> None:
             "waveglow-resynthesize checkpoint=<ckpt> input=<wav | dir | glob | filelist> output_dir=<dir>")
     synth = make_synthesizer(cfg)
     result = resynthesize(
-        synth, input_spec(cfg.input), str(cfg.output_dir), sigma=float(cfg.sigma), seed=int(cfg.seed),
-        batch_size=int(cfg.batch_size), denoiser_strength=float(cfg.denoiser_strength),
+        synth, input_spec(cfg.input), str(cfg.output_dir), sigma=number(cfg, "sigma", float), seed=number(cfg, "seed", int),
+        batch_size=number(cfg, "batch_size", int), denoiser_strength=number(cfg, "denoiser_strength", float),
         denoiser_mel=str(cfg.denoiser_mel), subtype=str(cfg.format), on_error=str(cfg.on_error),
         progress=bool(cfg.get("progress", True)),
     )

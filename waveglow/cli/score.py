@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from waveglow.cli.common import hydra_app, save_resolved_config
+from waveglow.cli.common import hydra_app, number, save_resolved_config
 from waveglow.cli.synthesize import input_spec, report_failures, require
 from waveglow.errors import UserError
 
@@ -33,9 +33,9 @@ def main(cfg: DictConfig) -> None:
         raise UserError(f"output={output}: expected a .csv or .json file name")
     t0 = time.perf_counter()
     synth = Synthesizer(str(cfg.checkpoint), device=str(cfg.device), precision=str(cfg.precision),
-                        chunk_frames=int(cfg.chunk_frames), crossfade_frames=0)
-    scorer = Scorer(synth, threshold=float(cfg.threshold), merge_gap=int(cfg.merge_gap),
-                    dither=float(cfg.dither))
+                        chunk_frames=number(cfg, "chunk_frames", int), crossfade_frames=0)
+    scorer = Scorer(synth, threshold=number(cfg, "threshold", float), merge_gap=number(cfg, "merge_gap", int),
+                    dither=number(cfg, "dither", float))
     scores, failed = scorer.score_files(input_spec(cfg.input), on_error=str(cfg.on_error),
                                         progress=bool(cfg.get("progress", True)))
     meta = {"checkpoint": str(cfg.checkpoint), "sampling_rate": synth.sampling_rate,

@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig
 
-from waveglow.cli.common import hydra_app, save_resolved_config
+from waveglow.cli.common import hydra_app, number, save_resolved_config
 from waveglow.errors import UserError
 
 log = logging.getLogger("waveglow.synthesize")
@@ -39,8 +39,8 @@ def make_synthesizer(cfg: DictConfig) -> Any:
 
     return Synthesizer(
         str(cfg.checkpoint), device=str(cfg.device), precision=str(cfg.precision),
-        chunk_frames=int(cfg.chunk_frames), overlap=cfg.get("chunk_overlap"),
-        crossfade_frames=int(cfg.get("crossfade_frames", 4)),
+        chunk_frames=number(cfg, "chunk_frames", int), overlap=cfg.get("chunk_overlap"),
+        crossfade_frames=number(cfg, "crossfade_frames", int, default=4),
     )
 
 
@@ -56,12 +56,14 @@ def main(cfg: DictConfig) -> None:
     """Synthesize every input mel into <output_dir>/<stem>.wav."""
     require(cfg, ("checkpoint", "input", "output_dir"),
             "waveglow-synthesize checkpoint=<ckpt> input=<mel file | dir | glob | filelist> output_dir=<dir>")
+    for key, kind in (("sigma", float), ("seed", int), ("batch_size", int), ("denoiser_strength", float)):
+        number(cfg, key, kind)  # a typo fails now, not after the checkpoint has been loaded
     synth = make_synthesizer(cfg)
     log.info("%s: %s, %s, %d Hz, hop %d, receptive field ±%d frames", cfg.checkpoint, synth.device,
              synth.precision, synth.sampling_rate, synth.hop_length, synth.receptive_field)
     report = synth.to_files(
-        input_spec(cfg.input), str(cfg.output_dir), sigma=float(cfg.sigma), seed=int(cfg.seed),
-        batch_size=int(cfg.batch_size), denoiser_strength=float(cfg.denoiser_strength),
+        input_spec(cfg.input), str(cfg.output_dir), sigma=number(cfg, "sigma", float), seed=number(cfg, "seed", int),
+        batch_size=number(cfg, "batch_size", int), denoiser_strength=number(cfg, "denoiser_strength", float),
         denoiser_mel=str(cfg.denoiser_mel), subtype=str(cfg.format), on_error=str(cfg.on_error),
         progress=bool(cfg.get("progress", True)),
     )
