@@ -823,9 +823,14 @@ class Trainer:
         s = self.state
         s.val_log_likelihood = value
         if self.is_main:
-            log.info(f"step {s.step}: val log-likelihood {value:.4f} nats/sample"
-                     + (f" (best {s.best_val_log_likelihood:.4f} at step {s.best_step})"
-                        if s.best_val_log_likelihood is not None else ""))
+            best_so_far = s.best_val_log_likelihood
+            if best_so_far is None:
+                note = ""
+            elif value > best_so_far:
+                note = f" (new best; previous {best_so_far:.4f} at step {s.best_step})"
+            else:
+                note = f" (best {best_so_far:.4f} at step {s.best_step})"
+            log.info(f"step {s.step}: val log-likelihood {value:.4f} nats/sample{note}")
             self.monitor.scalars(s.step, {"val/log_likelihood": value})
             _append_metric(self.run_dir / "metrics.jsonl", {"step": s.step, "val_log_likelihood": value})
         best = s.best_val_log_likelihood
