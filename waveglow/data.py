@@ -36,6 +36,7 @@ from waveglow.audio import (
     warn_once_per_rate,
 )
 from waveglow.errors import UserError
+from waveglow.fileio import write_text_atomic
 from waveglow.mel import MelSpectrogram, MelStats, check_mel, load_mel, save_mel
 
 log = logging.getLogger("waveglow.data")
@@ -264,16 +265,6 @@ def _read_ids(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def ensure_splits(data_cfg: Any) -> dict[str, list[str]]:
     """Train/val/test clip ids, read from `<root>/splits/` or (first time only) written there.
 
@@ -322,7 +313,7 @@ def ensure_splits(data_cfg: Any) -> dict[str, list[str]]:
     splits = {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
     try:
         for name in SPLITS:
-            _write_text_atomic(files[name], "".join(f"{i}\n" for i in splits[name]))
+            write_text_atomic(files[name], "".join(f"{i}\n" for i in splits[name]))
     except OSError as e:
         raise UserError(f"{split_dir}: cannot write the split filelists ({e.strerror}); the corpus "
                         "folder must be writable") from None
@@ -572,7 +563,7 @@ def preprocess_corpus(cfg: Any, *, num_workers: int | None = None, progress: boo
     if not reuse:
         if any(mel_dir.iterdir()):
             log.info("%s: audio settings changed (or unknown); recomputing every mel", cache)
-        _write_text_atomic(_features_path(cache), json.dumps(features, indent=1) + "\n")
+        write_text_atomic(_features_path(cache), json.dumps(features, indent=1) + "\n")
     not_before = _features_path(cache).stat().st_mtime_ns
 
     clips = corpus.by_id()
@@ -634,7 +625,7 @@ def preprocess_corpus(cfg: Any, *, num_workers: int | None = None, progress: boo
     report.split_counts = {name: sum(r["split"] == name for r in rows) for name in SPLITS}
 
     report.report_path = cache / "bad_files.tsv"
-    _write_text_atomic(report.report_path, "path\treason\n" + "".join(
+    write_text_atomic(report.report_path, "path\treason\n" + "".join(
         f"{b.path}\t{b.reason}\n" for b in report.bad))
     for b in report.bad:
         log.warning("skipped %s: %s", b.path, b.reason)
@@ -648,7 +639,7 @@ def preprocess_corpus(cfg: Any, *, num_workers: int | None = None, progress: boo
 
     rows.sort(key=lambda r: r["id"])
     report.manifest_path = cache / "manifest.jsonl"
-    _write_text_atomic(report.manifest_path, "".join(json.dumps(r) + "\n" for r in rows))
+    write_text_atomic(report.manifest_path, "".join(json.dumps(r) + "\n" for r in rows))
     report.stats_path = cache / "stats.pt"
     _save_torch_atomic(report.stats_path, stats.to_dict())
     report.total_seconds = time.perf_counter() - t0

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from waveglow.errors import UserError
+from waveglow.fileio import write_text_atomic
 from waveglow.synthesize import AUDIO_SUFFIXES, Synthesizer, autocast, plan_pieces, resolve_inputs
 
 log = logging.getLogger("waveglow.score")
@@ -297,7 +298,7 @@ def write_scores(path: str | os.PathLike, scores: Sequence[FileScore], failed: S
     written = []
     if path.suffix.lower() == ".json":
         doc = {**meta, "summary": summary, "files": [asdict(s) for s in scores]}
-        _atomic_write(path, json.dumps(doc, indent=1))
+        write_text_atomic(path, json.dumps(doc, indent=1))
         written.append(path)
     elif path.suffix.lower() == ".csv":
         rows = [["file", "seconds", "samples", "nats_per_sample", "frames", "suspect_frames",
@@ -306,7 +307,7 @@ def write_scores(path: str | os.PathLike, scores: Sequence[FileScore], failed: S
             n_sus = sum(r.last_frame - r.first_frame + 1 for r in s.regions)
             rows.append([s.file, f"{s.seconds:.4f}", s.samples, f"{s.nats_per_sample:.6f}",
                          len(s.frame_nats), n_sus, format_regions(s.regions)])
-        _atomic_write(path, _csv_text(rows))
+        write_text_atomic(path, _csv_text(rows))
         frames_path = path.with_name(f"{path.stem}_frames.csv")
         hop, sr = meta["hop_length"], meta["sampling_rate"]
         frows: list[list[Any]] = [["file", "frame", "time_s", "nats_per_sample", "robust_z", "suspect"]]
@@ -314,7 +315,7 @@ def write_scores(path: str | os.PathLike, scores: Sequence[FileScore], failed: S
             for f, (v, z) in enumerate(zip(s.frame_nats, s.frame_z)):
                 frows.append([s.file, f, f"{f * hop / sr:.4f}", f"{v:.6f}", f"{z:.3f}",
                               int(z < -meta["threshold"])])
-        _atomic_write(frames_path, _csv_text(frows))
+        write_text_atomic(frames_path, _csv_text(frows))
         written += [path, frames_path]
     else:
         raise UserError(f"output={path}: expected a .csv or .json file name")
@@ -327,12 +328,3 @@ def _csv_text(rows: list[list[Any]]) -> str:
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(rows)
     return buf.getvalue()
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

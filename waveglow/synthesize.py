@@ -61,6 +61,7 @@ import torch
 from torch import Tensor, nn
 
 from waveglow.errors import UserError, naming
+from waveglow.fileio import write_text_atomic
 
 log = logging.getLogger("waveglow.synthesize")
 
@@ -931,21 +932,11 @@ def resynthesize(synth: Synthesizer, inputs: str | os.PathLike | Sequence[str | 
     lines += [",".join([_csv_cell(r["file"]), f"{r['seconds']:.4f}", *(f"{r[k]:.6f}" for k in keys)]) for r in rows]
     lines.append(",".join(["mean", f"{sum(r['seconds'] for r in rows):.4f}", *(f"{mean[k]:.6f}" for k in keys)]))
     metrics_csv, metrics_json = out_dir / "metrics.csv", out_dir / "metrics.json"
-    _write_text(metrics_csv, "\n".join(lines) + "\n")
-    _write_text(metrics_json, json.dumps({"files": rows, "mean": mean, "failed": [
+    write_text_atomic(metrics_csv, "\n".join(lines) + "\n")
+    write_text_atomic(metrics_json, json.dumps({"files": rows, "mean": mean, "failed": [
         {"file": f, "error": e} for f, e in report.failed]}, indent=1))
     return ResynthesisResult(report, rows, mean, metrics_csv, metrics_json)
 
 
 def _csv_cell(text: str) -> str:
     return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Atomic text write (temp name in the same directory, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

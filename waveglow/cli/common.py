@@ -13,6 +13,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from waveglow.errors import UserError
+from waveglow.fileio import write_text_atomic
 
 # configs/ sits at the repository root (the package is installed editable by `make install`).
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -99,8 +100,4 @@ def save_resolved_config(cfg: DictConfig | dict, directory: str | os.PathLike,
     directory.mkdir(parents=True, exist_ok=True)
     conf = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
     text = OmegaConf.to_yaml(conf, resolve=True)
-    path = directory / name
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(directory / name, text)
