@@ -46,7 +46,7 @@ test: install ## run the test suite (CPU; CUDA cases skip without a GPU)
 test-all: install ## the test suite including the slow cases
 	$(PY) -m pytest -q -m "slow or not slow"
 
-demo: install ## train a tiny model on the bundled corpus and synthesize its held-out clips (~5 min on CPU)
+demo: install ## train a tiny model on the bundled corpus and synthesize its held-out clips (~4 min on 2 CPU cores)
 	$(PY) scripts/demo.py
 
 ljspeech: install ## download LJSpeech-1.1 (checksum verified, resumable) into data/ and write its splits
