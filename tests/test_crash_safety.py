@@ -242,12 +242,16 @@ def test_sigint_in_process_writes_last_pt_and_resumes_exactly(corpus, tmp_path):
         if trainer.state.step == 2:
             os.kill(os.getpid(), signal.SIGINT)
 
+    # What the handler was before (SIG_IGN when the suite runs as a background job, where the
+    # shell ignores SIGINT; Python's default_int_handler otherwise): training must restore it.
+    handler_before = signal.getsignal(signal.SIGINT)
+
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("waveglow_train", overrides=overrides(corpus, tmp_path / "run", "train.max_steps=6"))
     result = train(cfg, TrainHooks(before_step=interrupt))
     assert result.exit_code == 130 and result.step == 3
     assert load(tmp_path / "run/checkpoints/last.pt")["step"] == 3
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGINT) is handler_before  # handlers restored
     assert train(cfg).exit_code == 0
     assert_same_state(ref, load(tmp_path / "run/checkpoints/last.pt"))
 
