@@ -35,6 +35,22 @@ def run_cli(name: str, *args: str, check: bool = True, timeout: float = 300, env
     return proc
 
 
+def load_state(path: str | os.PathLike) -> dict:
+    """A checkpoint as saved (weights_only, CPU), for exact state comparisons."""
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def flat(obj) -> list:
+    """Every leaf of nested dicts/lists in a fixed order (for exact state comparisons)."""
+    if isinstance(obj, dict):
+        return [x for k in sorted(obj, key=str) for x in [k, *flat(obj[k])]]
+    if isinstance(obj, (list, tuple)):
+        return [x for v in obj for x in flat(v)]
+    return [obj]
+
+
 @pytest.fixture(scope="session")
 def demo_root() -> Path:
     """The committed demo corpus (LJSpeech layout)."""

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import flat
+from conftest import load_state as load
 from hydra import compose, initialize_config_dir
 
 from waveglow.checkpoint import FORMAT_VERSION, load_model
@@ -60,17 +62,6 @@ def corpus(tmp_path_factory, demo_root) -> Path:
     return root
 
 
-def load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def flat(obj) -> list:
-    """Every leaf of nested dicts/lists in a fixed order (for exact state comparisons)."""
-    if isinstance(obj, dict):
-        return [x for k in sorted(obj, key=str) for x in [k, *flat(obj[k])]]
-    if isinstance(obj, (list, tuple)):
-        return [x for v in obj for x in flat(v)]
-    return [obj]
 
 
 def assert_same_state(a: dict, b: dict) -> None:
