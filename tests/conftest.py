@@ -35,6 +35,27 @@ def run_cli(name: str, *args: str, check: bool = True, timeout: float = 300, env
     return proc
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op thread for a module of tiny in-process tensors: a second OpenMP thread only
+    adds barrier waits, which on a busy 2-core machine cost far more than the work."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def copy_demo_corpus(src: Path, dst: Path) -> Path:
+    """The demo corpus (LJSpeech layout) copied to `dst`, so splits and cache land there."""
+    (dst / "wavs").mkdir(parents=True)
+    shutil.copy(src / "metadata.csv", dst / "metadata.csv")
+    for wav in (src / "wavs").glob("*.wav"):
+        shutil.copy(wav, dst / "wavs" / wav.name)
+    return dst
+
+
 def load_state(path: str | os.PathLike) -> dict:
     """A checkpoint as saved (weights_only, CPU), for exact state comparisons."""
     import torch

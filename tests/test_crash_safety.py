@@ -21,7 +21,6 @@ import queue
 import random
 import re
 import resource
-import shutil
 import signal
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import flat
+from conftest import copy_demo_corpus, flat
 from conftest import load_state as load
 from hydra import compose, initialize_config_dir
 
@@ -67,11 +66,7 @@ def reference(root: Path, run_dir: Path, *extra: str) -> dict:
 def corpus(tmp_path_factory, demo_root) -> Path:
     from waveglow.data import load_stats
 
-    root = tmp_path_factory.mktemp("crash") / "corpus"
-    (root / "wavs").mkdir(parents=True)
-    shutil.copy(demo_root / "metadata.csv", root / "metadata.csv")
-    for wav in (demo_root / "wavs").glob("*.wav"):
-        shutil.copy(wav, root / "wavs" / wav.name)
+    root = copy_demo_corpus(demo_root, tmp_path_factory.mktemp("crash") / "corpus")
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         load_stats(compose("waveglow_train", overrides=overrides(root, root / "x")), progress=False)
     return root

@@ -18,14 +18,8 @@ from waveglow.flows import (
 B, C, N, N_COND = 2, 6, 5, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: on a shared 2-core machine a second OpenMP thread only adds
-    barrier waits (measured: this file runs ~10x slower with 2 threads under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny tensors: one intra-op thread (see conftest.single_thread).
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _randomize_end(module: torch.nn.Module, scale: float = 0.3) -> None:

@@ -21,14 +21,8 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
 N_MELS, HOP = 5, 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: on a shared 2-core machine a second OpenMP thread only adds
-    barrier waits (measured: this file runs ~10x slower with 2 threads under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny tensors: one intra-op thread (see conftest.single_thread).
+pytestmark = pytest.mark.usefixtures("single_thread")
 SMALL = {"n_group": 8, "n_flows": 5, "n_early_every": 2, "n_early_size": 2, "upsample_kernel": 64,
          "wn": {"n_layers": 2, "n_channels": 8, "kernel_size": 3}}
 

@@ -29,14 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 HOP = 256
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: a second intra-op thread only adds synchronization (and on a busy machine
-    that synchronization costs far more than the work), so these in-process tests use one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: one intra-op thread (see conftest.single_thread).
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny_config() -> dict:

@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import flat
+from conftest import copy_demo_corpus, flat
 from conftest import load_state as load
 from hydra import compose, initialize_config_dir
 
@@ -43,21 +42,13 @@ def make_cfg(root: Path, run_dir: Path, *overrides: str):
         return compose("waveglow_train", overrides=[*base, *overrides])
 
 
-def copy_corpus(src: Path, dst: Path) -> Path:
-    """The demo corpus (LJSpeech layout) copied to `dst`, so splits and cache land there."""
-    (dst / "wavs").mkdir(parents=True)
-    shutil.copy(src / "metadata.csv", dst / "metadata.csv")
-    for wav in (src / "wavs").glob("*.wav"):
-        shutil.copy(wav, dst / "wavs" / wav.name)
-    return dst
-
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, demo_root) -> Path:
     """A private copy of the demo corpus with its feature cache built once for the module."""
     from waveglow.data import load_stats
 
-    root = copy_corpus(demo_root, tmp_path_factory.mktemp("train") / "corpus")
+    root = copy_demo_corpus(demo_root, tmp_path_factory.mktemp("train") / "corpus")
     load_stats(make_cfg(root, root / "unused"), progress=False)
     return root
 
@@ -218,7 +209,7 @@ def test_validation_collapse_reloads_best(corpus, tmp_path, caplog):
 @pytest.fixture(scope="module")
 def hostile_corpus(tmp_path_factory, demo_root) -> Path:
     """Demo clips, some replaced by digital silence and some by hard full-scale clipping."""
-    root = copy_corpus(demo_root, tmp_path_factory.mktemp("hostile") / "corpus")
+    root = copy_demo_corpus(demo_root, tmp_path_factory.mktemp("hostile") / "corpus")
     for i, wav in enumerate(sorted((root / "wavs").glob("*.wav"))):
         audio, sr = sf.read(wav, dtype="float32")
         if i % 3 == 0:

@@ -4,13 +4,13 @@ ranks identical and matches a single process with the same global batch."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import copy_demo_corpus
 from hydra import compose, initialize_config_dir
 
 from waveglow.cli.common import CONFIG_DIR
@@ -33,11 +33,7 @@ def overrides(root: Path, run_dir: Path, *extra: str) -> list[str]:
 def corpus(tmp_path_factory, demo_root) -> Path:
     from waveglow.data import load_stats
 
-    root = tmp_path_factory.mktemp("ddp") / "corpus"
-    (root / "wavs").mkdir(parents=True)
-    shutil.copy(demo_root / "metadata.csv", root / "metadata.csv")
-    for wav in (demo_root / "wavs").glob("*.wav"):
-        shutil.copy(wav, root / "wavs" / wav.name)
+    root = copy_demo_corpus(demo_root, tmp_path_factory.mktemp("ddp") / "corpus")
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         load_stats(compose("waveglow_train", overrides=overrides(root, root / "x")), progress=False)
     return root

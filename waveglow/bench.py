@@ -212,26 +212,24 @@ def measure_machine_peak(device: str | torch.device = "cpu", precision: str = "f
 # ---------------------------------------------------------------------------------------------
 
 
-def _vm_hwm_mib() -> float | None:
+def _proc_status_mib(field: str) -> float | None:
+    """A memory field of /proc/self/status (e.g. "VmHWM", "VmRSS") in MiB; None off Linux."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) / 1024.0
     except OSError:
         pass
     return None
+
+
+def _vm_hwm_mib() -> float | None:
+    return _proc_status_mib("VmHWM")
 
 
 def _rss_mib() -> float | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
+    return _proc_status_mib("VmRSS")
 
 
 class PeakMemory:

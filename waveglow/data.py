@@ -890,7 +890,20 @@ class _ClipReader:
         return audio[start:start + length], self.mel_frames(audio, start, length)
 
 
-class SegmentDataset(Dataset):
+class _ClipsDataset(Dataset):
+    """A dataset with one item per clip of its `_ClipReader` (`self.reader`)."""
+
+    reader: _ClipReader
+
+    @property
+    def clips(self) -> list[ClipInfo]:
+        return self.reader.clips
+
+    def __len__(self) -> int:
+        return len(self.reader.clips)
+
+
+class SegmentDataset(_ClipsDataset):
     """Training examples: a random hop-aligned segment of each clip, dithered, with its mel.
 
     The mel is the clip's undithered log-mel (cached or computed), sliced so that frame f is
@@ -921,13 +934,6 @@ class SegmentDataset(Dataset):
         self.dither = float(dither if dither is not None else _cfg(cfg["data"], "dither", 0.0))
         self.generator = generator
 
-    @property
-    def clips(self) -> list[ClipInfo]:
-        return self.reader.clips
-
-    def __len__(self) -> int:
-        return len(self.reader.clips)
-
     def __getitem__(self, index: int) -> dict[str, Any]:
         clip = self.reader.clips[index]
         audio, mel = self.reader.segment(clip, None, self.segment_length, self.generator)
@@ -935,7 +941,7 @@ class SegmentDataset(Dataset):
         return {"audio": audio_t, "mel": mel.float().contiguous(), "id": clip.id}
 
 
-class ClipDataset(Dataset):
+class ClipDataset(_ClipsDataset):
     """Validation/test examples: deterministic, never dithered.
 
     With `segment_length` every clip gives one fixed segment (centred, hop-aligned; short clips
@@ -970,13 +976,6 @@ class ClipDataset(Dataset):
             if short:
                 log.info("%s split: %d clips too short to validate on whole; skipped", split, len(short))
                 self.reader.clips = [c for c in self.reader.clips if c not in short]
-
-    @property
-    def clips(self) -> list[ClipInfo]:
-        return self.reader.clips
-
-    def __len__(self) -> int:
-        return len(self.reader.clips)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         clip = self.reader.clips[index]
