@@ -47,7 +47,7 @@ def one_thread():
 def _repo_model_configs() -> dict[str, dict]:
     """The repository's model configs small enough to instantiate quickly in a test."""
     out = {}
-    for path in sorted((REPO / "configs" / "model").glob("*.yaml")):
+    for path in sorted((REPO / "waveglow" / "configs" / "model").glob("*.yaml")):
         cfg = yaml.safe_load(path.read_text())
         if cfg.get("wn", {}).get("n_channels", 256) <= 128:
             out[path.stem] = cfg
@@ -79,7 +79,7 @@ def test_analytic_macs_match_counted_operators(name: str, model_cfg: dict) -> No
 
 def test_analytic_macs_of_the_reference_size() -> None:
     """The 256-channel reference costs about 223 GMAC per second of 22.05 kHz audio."""
-    cfg = yaml.safe_load((REPO / "configs" / "model" / "waveglow_256.yaml").read_text())
+    cfg = yaml.safe_load((REPO / "waveglow" / "configs" / "model" / "waveglow_256.yaml").read_text())
     parts = bench.count_macs(cfg)
     assert 218e9 < parts["total"] < 228e9
     assert parts["total"] == pytest.approx(sum(v for k, v in parts.items() if k != "total"))

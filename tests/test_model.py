@@ -17,7 +17,7 @@ from waveglow.errors import UserError
 from waveglow.flows import Invertible1x1Conv
 from waveglow.model import WaveGlow
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
+CONFIGS = Path(__file__).resolve().parents[1] / "waveglow" / "configs" / "model"
 N_MELS, HOP = 5, 16
 
 

@@ -35,8 +35,8 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 def tiny_config() -> dict:
     """The resolved config of a `tiny` model with the default audio settings."""
-    audio = yaml.safe_load((REPO / "configs/audio/default.yaml").read_text())
-    model = yaml.safe_load((REPO / "configs/model/tiny.yaml").read_text())
+    audio = yaml.safe_load((REPO / "waveglow/configs/audio/default.yaml").read_text())
+    model = yaml.safe_load((REPO / "waveglow/configs/model/tiny.yaml").read_text())
     return {"audio": audio, "model": model}
 
 

@@ -15,8 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from waveglow.errors import UserError
 from waveglow.fileio import write_text_atomic
 
-# configs/ sits at the repository root (the package is installed editable by `make install`).
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+# The YAML configs ship inside the package.
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 log = logging.getLogger("waveglow")
 

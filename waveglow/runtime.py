@@ -1,0 +1,111 @@
+"""Where and in what number format the work runs: the one device resolver, the one precision
+table, autocast, seeding and the process-wide determinism switch.
+
+Every entry point (training, synthesis, scoring, the benchmark) goes through these, so that
+`device=auto` and `precision=bf16` mean the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import sys
+
+import numpy as np
+import torch
+
+from waveglow.errors import UserError
+
+# precision name -> autocast dtype (None: plain float32, no autocast).
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str | torch.device, *, key: str = "device", local_rank: int | None = None
+                   ) -> torch.device:
+    """The torch device for a `device=` setting.
+
+    Args:
+        name: auto (CUDA when available, else CPU) | cpu | cuda | cuda:N.
+        key: the setting's name, for the error message (e.g. `train.device`).
+        local_rank: under torchrun, the process's GPU index; `cuda` then means `cuda:<local_rank>`.
+
+    Returns:
+        The device (CUDA devices always carry an index).
+
+    Raises:
+        UserError: an unknown name, CUDA asked for where there is none, or an index beyond the
+            GPUs present.
+    """
+    text = str(name)
+    if text == "auto":
+        text = "cuda" if torch.cuda.is_available() else "cpu"
+    if text == "cpu":
+        return torch.device("cpu")
+    if text != "cuda" and not (text.startswith("cuda:") and text[5:].isdigit()):
+        raise UserError(f"{key}={name}: expected auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise UserError(f"{key}={name}: no CUDA device is available here; expected {key}=auto or cpu")
+    index = int(text[5:]) if ":" in text else (local_rank or 0)
+    count = torch.cuda.device_count()
+    if index >= count:
+        what = f"local rank {index}" if ":" not in text and local_rank is not None else f"{key}={name}"
+        raise UserError(f"{what}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+    return torch.device("cuda", index)
+
+
+def resolve_precision(name: str, device: torch.device, *, key: str = "precision") -> torch.dtype | None:
+    """The autocast dtype for a `precision=` setting on `device` (None: plain fp32).
+
+    Args:
+        name: fp32 | bf16 | fp16 | auto (fp16 on CUDA, fp32 on CPU).
+        device: where it will run.
+        key: the setting's name, for the error message.
+
+    Raises:
+        UserError: an unknown name, or bf16 on a GPU without bf16 support.
+    """
+    text = str(name)
+    if text == "auto":
+        text = "fp16" if device.type == "cuda" else "fp32"
+    if text not in PRECISIONS:
+        raise UserError(f"{key}={name}: expected one of {', '.join([*PRECISIONS, 'auto'])}")
+    dtype = PRECISIONS[text]
+    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError(f"{key}=bf16: this GPU has no bfloat16 support; use fp16 or fp32")
+    return dtype
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """fp32 | bf16 | fp16 for an autocast dtype from `resolve_precision`."""
+    for name, value in PRECISIONS.items():
+        if value == dtype:
+            return name
+    if dtype == torch.float32:
+        return "fp32"
+    raise ValueError(f"no precision name for {dtype}")
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Autocast to `dtype` on `device`; a no-op context for fp32 (dtype None or float32)."""
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and every CUDA device) global RNGs."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_deterministic(mode: bool) -> None:
+    """torch.use_deterministic_algorithms without importing the compiler stack when unused.
+
+    The public function also sets a torch.compile (inductor) flag, and importing inductor costs
+    seconds per process start; nothing here is compiled, so only the eager flag matters then.
+    """
+    if "torch._inductor.config" in sys.modules or not hasattr(torch._C, "_set_deterministic_algorithms"):
+        torch.use_deterministic_algorithms(mode)
+    else:
+        torch._C._set_deterministic_algorithms(mode)
