@@ -1,4 +1,10 @@
-"""Shared fixtures: the demo corpus, tiny configs, and running the real console scripts."""
+"""Shared fixtures: the demo corpus, typed configs, and running the real console scripts.
+
+`--device` (default `cpu`) says where the tests run. With `cpu`, CUDA is hidden from this
+process and from every console script a test starts, so `device=auto` means the CPU on a GPU
+host too and `make test` means the same everywhere; tests marked `cuda` are skipped. With
+`--device cuda` the `cuda` tests run (and fail without a GPU) while the others stay on the CPU.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,34 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DEMO_ROOT = REPO / "data" / "demo"
 BIN = Path(sys.executable).parent
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--device", default="cpu", choices=("cpu", "cuda"),
+                     help="cpu (default): everything on the CPU, cuda tests skipped; cuda: run the cuda tests too")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--device") == "cpu":
+        # Before torch initializes CUDA: in-process tests and every child process see no GPU.
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--device") == "cuda":
+        return
+    skip = pytest.mark.skip(reason="a CUDA test: run with --device cuda (make gpu-check)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+def compose(app: str, *overrides: str):
+    """The typed, validated config of console script config `app` (e.g. "waveglow_train"), as
+    the script itself would build it from `overrides` (`key=value` strings)."""
+    from waveglow.cli.common import compose as compose_config
+
+    return compose_config(app, list(overrides))
 
 
 def run_cli(name: str, *args: str, check: bool = True, timeout: float = 300, env: dict | None = None,

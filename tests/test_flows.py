@@ -9,6 +9,7 @@ from torch.autograd.functional import jacobian
 from waveglow.conditioner import WN, WNConv1d, _depthwise_shifted, pointwise_conv
 from waveglow.flows import (
     AdditiveCoupling,
+    FlowPart,
     AffineCoupling,
     Invertible1x1Conv,
     Squeeze,
@@ -63,20 +64,88 @@ def test_squeeze_layout_and_inverse():
     assert torch.equal(un.inverse(x, torch.empty(0)), y)
 
 
-@pytest.mark.parametrize("start", [0, 2])
-def test_invertible_1x1_conv(start):
+# ---------------------------------------------------------------- the FlowPart contract
+def _all_parts(cls=FlowPart) -> set[type]:
+    out = set()
+    for sub in cls.__subclasses__():
+        out |= {sub, *_all_parts(sub)}
+    return out
+
+
+def _generic_1x1(start: int) -> Invertible1x1Conv:
     torch.manual_seed(1)
     part = Invertible1x1Conv(C - start, start=start).double()
-    w = part.weight.squeeze(-1)
-    assert torch.allclose(w @ w.T, torch.eye(C - start, dtype=torch.float64), atol=1e-6)
-    assert torch.linalg.det(w) > 0
     with torch.no_grad():
         part.weight.add_(0.1 * torch.randn_like(part.weight))  # a generic (non-orthogonal) W
-    x = torch.randn(B, C, N, dtype=torch.float64)
-    y, logdet = part(x, torch.empty(0))
+    return part
+
+
+# Every concrete FlowPart, built small and non-trivial, with the shape of its input [B, ...].
+CONTRACT_CASES = {
+    "squeeze": (Squeeze, lambda: Squeeze(3), (B, 3 * N)),
+    "unsqueeze": (Unsqueeze, lambda: Unsqueeze(3), (B, 3, N)),
+    "1x1": (Invertible1x1Conv, lambda: _generic_1x1(0), (B, C, N)),
+    "1x1_after_early_outputs": (Invertible1x1Conv, lambda: _generic_1x1(2), (B, C, N)),
+    "affine_first": (AffineCoupling, lambda: _coupling(AffineCoupling, "first"), (B, C, N)),
+    "affine_second_offset": (AffineCoupling, lambda: _coupling(AffineCoupling, "second", 2), (B, C + 2, N)),
+    "affine_depthwise": (AffineCoupling, lambda: _coupling(AffineCoupling, "first", depthwise=True), (B, C, N)),
+    "additive_first": (AdditiveCoupling, lambda: _coupling(AdditiveCoupling, "first"), (B, C, N)),
+    "additive_second_offset": (AdditiveCoupling, lambda: _coupling(AdditiveCoupling, "second", 2),
+                               (B, C + 2, N)),
+}
+
+
+def test_every_flow_part_has_a_contract_case():
+    # Every part class nothing derives from (bases such as Coupling are covered through them).
+    leaves = {cls for cls in _all_parts() if not cls.__subclasses__()}
+    covered = {cls for cls, _, _ in CONTRACT_CASES.values()}
+    assert leaves <= covered, f"FlowParts without a contract case: {sorted(c.__name__ for c in leaves - covered)}"
+
+
+@pytest.mark.parametrize("name", sorted(CONTRACT_CASES))
+def test_flow_part_contract(name: str):
+    """forward(x, cond) -> (y, logdet [B]); inverse(y, cond) == x; logdet == log|det dy/dx|
+    from the autograd Jacobian; the state's dtype is kept (float64 and float32)."""
+    _, make, shape = CONTRACT_CASES[name]
+    part = make().double()
+    torch.manual_seed(7)
+    x = torch.randn(*shape, dtype=torch.float64)
+    cond = torch.randn(B, N_COND, N, dtype=torch.float64)
+    y, logdet = part(x, cond)
+    assert logdet.shape == (B,) and logdet.dtype == torch.float64 and y.dtype == torch.float64
+    assert y.numel() == x.numel()
+    assert (part.inverse(y, cond) - x).abs().max() < 1e-12
+    assert torch.allclose(logdet, _jacobian_logdet(part, x, cond), atol=1e-10)
+    # float32 in, float32 out (the log-det may be computed in float32 or wider, never narrower).
+    part32 = part.float()
+    y32, logdet32 = part32(x.float(), cond.float())
+    assert y32.dtype == torch.float32 and logdet32.dtype in (torch.float32, torch.float64)
+    assert (part32.inverse(y32, cond.float()) - x.float()).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("cls", [AffineCoupling, AdditiveCoupling])
+@pytest.mark.parametrize("condition", ["first", "second"])
+def test_coupling_passes_its_conditioning_half(cls, condition):
+    start = 2
+    part = _coupling(cls, condition, start)
+    x = torch.randn(B, C + start, N, dtype=torch.float64)
+    y, logdet = part(x, torch.randn(B, N_COND, N, dtype=torch.float64))
     assert torch.equal(y[:, :start], x[:, :start])
-    assert torch.allclose(logdet, _jacobian_logdet(part, x, torch.empty(B, 0, N)), atol=1e-10)
-    assert (part.inverse(y, torch.empty(0)) - x).abs().max() < 1e-12
+    h = C // 2
+    kept = slice(start, start + h) if condition == "first" else slice(start + h, None)
+    assert torch.equal(y[:, kept], x[:, kept]), "the conditioning half must pass unchanged"
+    if cls is AdditiveCoupling:
+        assert torch.equal(logdet, torch.zeros(B, dtype=torch.float64))
+
+
+def test_1x1_conv_starts_orthogonal_and_keeps_early_channels():
+    torch.manual_seed(1)
+    part = Invertible1x1Conv(C - 2, start=2).double()
+    w = part.weight.squeeze(-1)
+    assert torch.allclose(w @ w.T, torch.eye(C - 2, dtype=torch.float64), atol=1e-6)
+    assert torch.linalg.det(w) > 0
+    x = torch.randn(B, C, N, dtype=torch.float64)
+    assert torch.equal(part(x, torch.empty(0))[0][:, :2], x[:, :2])
 
 
 def test_inverse_cache_follows_the_weight():
@@ -106,25 +175,6 @@ def test_inverse_cache_follows_the_weight():
         assert (part.inverse(y, None) - x).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("cls", [AffineCoupling, AdditiveCoupling])
-@pytest.mark.parametrize("condition", ["first", "second"])
-@pytest.mark.parametrize("start", [0, 2])
-def test_coupling_inverse_and_logdet(cls, condition, start):
-    part = _coupling(cls, condition, start)
-    # The part acts on channels [start:], so the state has C + start channels in total.
-    x = torch.randn(B, C + start, N, dtype=torch.float64)
-    cond = torch.randn(B, N_COND, N, dtype=torch.float64)
-    y, logdet = part(x, cond)
-    assert torch.equal(y[:, :start], x[:, :start])
-    h = C // 2
-    kept = slice(start, start + h) if condition == "first" else slice(start + h, None)
-    assert torch.equal(y[:, kept], x[:, kept]), "the conditioning half must pass unchanged"
-    assert (part.inverse(y, cond) - x).abs().max() < 1e-12
-    assert torch.allclose(logdet, _jacobian_logdet(part, x, cond), atol=1e-10)
-    if cls is AdditiveCoupling:
-        assert torch.equal(logdet, torch.zeros(B, dtype=torch.float64))
-
-
 def test_coupling_is_identity_at_init():
     torch.manual_seed(3)
     part = AffineCoupling(C, 0, N_COND, n_layers=2, n_channels=4)
@@ -132,15 +182,6 @@ def test_coupling_is_identity_at_init():
     y, logdet = part(x, cond)
     assert torch.equal(y, x)
     assert torch.equal(logdet, torch.zeros(B))
-
-
-def test_depthwise_coupling_round_trip():
-    part = _coupling(AffineCoupling, "first", depthwise=True)
-    x = torch.randn(B, C, N, dtype=torch.float64)
-    cond = torch.randn(B, N_COND, N, dtype=torch.float64)
-    y, logdet = part(x, cond)
-    assert (part.inverse(y, cond) - x).abs().max() < 1e-12
-    assert torch.allclose(logdet, _jacobian_logdet(part, x, cond), atol=1e-10)
 
 
 def test_weight_norm_conv_and_fold():

@@ -18,48 +18,72 @@ Inference reads the model's settings from `config`, never from the user.
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import re
-import sys
-import tempfile
-import time
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
 from waveglow.errors import UserError
+from waveglow.fileio import atomic_write
+from waveglow.model import WaveGlow
 
 FORMAT_VERSION = 1
 
 
-def _fsync_dir(directory: Path) -> None:
-    # The rename is only durable once the directory entry is on disk.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def build_checkpoint(model: Mapping[str, torch.Tensor] | torch.nn.Module, config: Mapping[str, Any], *,
+                     step: int = 0, epoch: int = 0, optimizer: Mapping[str, Any] | None = None,
+                     scheduler: Mapping[str, Any] | None = None, scaler: Mapping[str, Any] | None = None,
+                     rng: Mapping[str, Any] | None = None, sampler: Mapping[str, Any] | None = None,
+                     metrics: Mapping[str, Any] | None = None, source: Mapping[str, Any] | None = None
+                     ) -> dict[str, Any]:
+    """The one place a checkpoint dict is put together (trainer and NVIDIA importer alike).
+
+    Args:
+        model: a WaveGlow or its state_dict; tensors are detached and copied to the CPU.
+        config: the resolved config as plain dicts (needs `model` and `audio`).
+        step, epoch: training progress.
+        optimizer, scheduler, scaler, rng, sampler, metrics: resume state (None when absent).
+        source: where the weights came from (imports), stored as is.
+
+    Returns:
+        A dict that `save_checkpoint` writes and `load_checkpoint` accepts.
+    """
+    state = model.state_dict() if isinstance(model, torch.nn.Module) else model
+    out: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "model": {k: v.detach().cpu().clone() for k, v in state.items()},
+        "config": dict(config),
+        "step": int(step),
+        "epoch": int(epoch),
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+        "scaler": scaler,
+        "rng": rng,
+        "sampler": sampler,
+        "metrics": dict(metrics or {}),
+    }
+    if source is not None:
+        out["source"] = dict(source)
+    return out
 
 
-def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
-    """Write `state` to `path` atomically: temp file in the same directory, fsync, rename.
+def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any],
+                    write: Callable[[IO[bytes], dict], None] | None = None) -> Path:
+    """Write `state` to `path` atomically and durably (temp file, fsync, rename).
 
     A crash (or a full disk) at any point leaves either the old file or the new one, never a
-    truncated file. The temp file is removed if the write fails.
+    truncated file.
 
     Args:
         path: destination, e.g. `run/checkpoints/last.pt`.
-        state: the checkpoint dict (see module docstring).
+        state: the checkpoint dict (`build_checkpoint`).
+        write: how the bytes are written (default `torch.save(state, f)`); tests inject a slow
+            writer to kill the process in the middle of a write.
 
     Returns:
         The destination path.
@@ -67,55 +91,12 @@ def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
     Raises:
         OSError: the write failed (disk full, read-only directory); `path` is untouched.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make checkpoints private
-        with os.fdopen(fd, "wb") as f:
-            _write(f, dict(state))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except RuntimeError as e:
-        tmp.unlink(missing_ok=True)
-        # torch.save reports a failed write (disk full) as a RuntimeError around the OSError.
-        if isinstance(e.__context__, OSError):
-            raise e.__context__ from None
-        raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
+    writer = write or _torch_save
+    return atomic_write(path, lambda f: writer(f, dict(state)), durable=True)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _write(f: Any, state: dict) -> None:
-    """torch.save into `f`, with a test hook for fault injection.
-
-    `WAVEGLOW_TEST_SLOW_SAVE=<seconds>` writes half the bytes, prints `checkpoint write in
-    progress` on stderr and sleeps, so a crash-safety test can SIGKILL the process while a temp
-    file holds half a checkpoint. Unset (always, outside the tests), this is plain torch.save.
-    """
-    delay = float(os.environ.get("WAVEGLOW_TEST_SLOW_SAVE") or 0)
-    if delay <= 0:
-        torch.save(state, f)
-        return
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    data = buf.getvalue()
-    f.write(data[: len(data) // 2])
-    f.flush()
-    print("checkpoint write in progress", file=sys.stderr, flush=True)
-    time.sleep(delay)
-    f.write(data[len(data) // 2:])
+def _torch_save(f: IO[bytes], state: dict) -> None:
+    torch.save(state, f)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
@@ -137,8 +118,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"{path}: refused to load: the pickle asks for {what}, which a checkpoint of this "
             "project never contains (NVIDIA/waveglow files are converted with waveglow-import-nvidia)"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise UserError(f"{path}: not a readable checkpoint (truncated or not a torch file: {e})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError, KeyError,
+            TypeError, AttributeError, MemoryError) as e:
+        # torch.load of a WAV, a text file or random bytes fails in many ways (IndexError: pop from
+        # empty list, KeyError: 101 ...); all of them mean the same thing to the user.
+        what = "truncated or not a torch file" if path.stat().st_size else "an empty file"
+        raise UserError(f"{path}: not a checkpoint ({what}: {type(e).__name__}: {str(e)[:120]})") from None
     if not isinstance(state, dict) or "format_version" not in state or "model" not in state:
         raise UserError(
             f"{path}: not a checkpoint of this project (expected a dict with format_version, "
@@ -155,14 +140,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return state
 
 
-def build_model(config: Mapping[str, Any]):
+def build_model(config: Mapping[str, Any]) -> WaveGlow:
     """Instantiate an (untrained) WaveGlow from a resolved config with `model` and `audio`."""
-    from waveglow.model import WaveGlow
-
     return WaveGlow.from_config(config)
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> WaveGlow:
     """Load a checkpoint into an eval-mode WaveGlow (with its mel statistics) on `device`.
 
     Raises:

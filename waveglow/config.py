@@ -28,7 +28,7 @@ class ConfigError(UserError):
 
 def setting(default: Any = MISSING, help: str = "", *, min: float | None = None, gt: float | None = None,
             max: float | None = None, choices: tuple[Any, ...] | None = None, factory: Any = None) -> Any:
-    """A dataclass field with its one-line help and its allowed values."""
+    """A dataclass field with its one-line help and its allowed values (for a list: of each item)."""
     meta = {"help": help, "min": min, "gt": gt, "max": max, "choices": choices}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
@@ -283,11 +283,12 @@ class BenchApp:
     models: list[str] = setting(factory=lambda: ["tiny", "squeeze", "waveglow_256"],
                                 help="model config names or checkpoint paths (model=a,b)")
     device: str = setting("cpu", "cpu | cuda", choices=("cpu", "cuda"))
-    precision: list[str] = setting(factory=lambda: ["fp32", "bf16"], help="fp32 | bf16 | fp16 (list to compare)")
+    precision: list[str] = setting(factory=lambda: ["fp32", "bf16"], help="fp32 | bf16 | fp16 (list to compare)",
+                                   choices=("fp32", "bf16", "fp16"))
     tasks: list[str] = setting(factory=lambda: ["synthesis", "train", "preprocess"],
-                               help="synthesis | train | preprocess")
-    seconds: list[float] = setting(factory=lambda: [1.0], help="synthesis: audio seconds of mel per call")
-    batch: Optional[list[int]] = setting(None, "null: synthesis 1, train 2")
+                               help="synthesis | train | preprocess", choices=("synthesis", "train", "preprocess"))
+    seconds: list[float] = setting(factory=lambda: [1.0], help="synthesis: audio seconds of mel per call", gt=0)
+    batch: Optional[list[int]] = setting(None, "null: synthesis 1, train 2", min=1)
     clock: str = setting("wall", "wall | cpu (process CPU time)", choices=("wall", "cpu"))
     threads: Optional[int] = setting(None, "torch intra-op threads (null: torch's default)", min=1)
     repeats: int = setting(5, "timed runs per case (median and min reported)", min=1)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from waveglow.config import AudioConfig, to_dict
 from waveglow.errors import UserError
 
 MEL_SUFFIXES = (".pt", ".npy")
@@ -72,8 +73,10 @@ class MelSpectrogram(nn.Module):
         self.register_buffer("mel_basis", torch.from_numpy(basis), persistent=False)
 
     @classmethod
-    def from_config(cls, audio_cfg: Mapping[str, Any]) -> MelSpectrogram:
-        """Build from the `audio` config block (cfg.audio: a DictConfig or plain dict)."""
+    def from_config(cls, audio_cfg: AudioConfig | Mapping[str, Any]) -> MelSpectrogram:
+        """Build from the `audio` settings (typed, or the plain dict a checkpoint stores)."""
+        if not isinstance(audio_cfg, Mapping):
+            audio_cfg = to_dict(audio_cfg)
         fmax = audio_cfg.get("fmax")
         return cls(sampling_rate=int(audio_cfg["sampling_rate"]), n_fft=int(audio_cfg["n_fft"]),
                    hop_length=int(audio_cfg["hop_length"]), win_length=int(audio_cfg["win_length"]),

@@ -1,24 +1,48 @@
-"""What every console script shares: config location, one-line user errors, logging."""
+"""What every console script shares: composing its typed config, one-line errors, `--help`.
+
+A script is `fn(cfg)` wrapped by `app(config_name, ...)`. The wrapper reads `key=value`
+settings from the command line, composes them with the YAML configs shipped in
+`waveglow/configs/` (plus the user's `--config-dir`) through Hydra's compose API, turns the
+result into the typed objects of `waveglow.config`, checks every range and choice, and only
+then calls `fn`. Any mistake in a setting, and any `UserError` raised later, is one
+`error: ...` line and exit status 2; Ctrl-C is exit 130. Other exceptions are bugs and keep
+their traceback.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import logging
 import os
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import hydra
-from omegaconf import DictConfig, OmegaConf
-
+from waveglow import __version__
+from waveglow import config as C
 from waveglow.errors import UserError
 from waveglow.fileio import write_text_atomic
 
-# The YAML configs ship inside the package.
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-
 log = logging.getLogger("waveglow")
+
+# The YAML configs ship inside the package, so a wheel or `pip install .` finds them too.
+CONFIG_DIR = Path(str(resources.files("waveglow") / "configs"))
+
+
+@dataclass(frozen=True)
+class Script:
+    """What `--help` says about a console script."""
+
+    name: str            # waveglow-synthesize
+    config: str          # waveglow_synthesize (waveglow/configs/<config>.yaml)
+    summary: str         # one paragraph
+    usage: str           # the required keys, e.g. "checkpoint=<ckpt> input=<mels> output_dir=<dir>"
+    examples: tuple[str, ...] = ()
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -34,25 +58,360 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 def fail(message: str, code: int = 2) -> None:
     """Print a one-line error and exit."""
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    text = " ".join(str(message).split())
+    print(f"error: {text}", file=sys.stderr, flush=True)
     sys.exit(code)
 
 
-def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
-    """Turn `fn(cfg)` into a console-script `main()` backed by `configs/<config_name>.yaml`.
+# ------------------------------------------------------------------------------------ compose
+def _schema_field(cls: type, path: Sequence[str]) -> tuple[bool, list[str]]:
+    """Whether `path` names a setting of schema `cls`; else the known names at the failing level."""
+    current: Any = cls
+    for i, part in enumerate(path):
+        if current is Any or current is None:
+            return True, []
+        names = {f.name: f for f in dataclasses.fields(current)}
+        if part not in names:
+            return False, list(names)
+        f = names[part]
+        sub = C._dataclass_of(f)
+        if i < len(path) - 1 and sub is None:
+            return str(f.type) in ("Any", "dict", "dict[str, Any]"), []
+        current = sub
+    return True, []
 
-    A `UserError` (bad path, bad file, bad value) becomes `error: ...` on one line and exit
-    status 2; Ctrl-C exits 130. Other exceptions are bugs and keep their traceback.
+
+def _group_names(group: str, config_dirs: Sequence[Path]) -> list[str]:
+    names = set()
+    for root in (*config_dirs, CONFIG_DIR):
+        names.update(p.stem for p in (Path(root) / group).glob("*.yaml"))
+    return sorted(names)
+
+
+def _quoted(key: str, value: str) -> str:
+    """`key=value` with the value as one quoted string (Hydra's grammar, escapes included)."""
+    return f"{key}='" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _check_overrides(config_name: str, overrides: Sequence[str], config_dirs: Sequence[Path]) -> list[str]:
+    """Refuse unknown keys and unknown group choices by name, before Hydra sees them.
+
+    Hydra's own messages for these advise `+key=value`, which would run with the typo ignored.
+    A text setting (a path, typically) whose value Hydra's grammar cannot take as it is (spaces,
+    commas, parentheses, '=') is passed on quoted, so `input=my file (1).wav` just works.
+
+    Returns:
+        The settings to hand to Hydra.
     """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
 
-    def decorate(fn: Callable[[DictConfig], Any]) -> Callable[[], Any]:
-        if not CONFIG_DIR.is_dir():  # pragma: no cover - only on a broken install
-            raise RuntimeError(f"config directory not found: {CONFIG_DIR} (install with `make install`)")
+    schema = C.APPS[config_name]
+    parser = OverridesParser.create()
+    out = []
+    for text in overrides:
+        key_text, _, raw = text.partition("=")
+        try:
+            parsed = parser.parse_override(text)
+            if parsed.is_sweep_override():
+                if not _is_text(schema, key_text):
+                    raise UserError(f"{text}: expected one value; a comma makes a sweep, which these "
+                                    "scripts do not run (quote a value that holds a comma)")
+                raise HydraException("a comma in a text value")
+        except HydraException as e:
+            if not _is_text(schema, key_text):
+                first = str(e).strip().splitlines()[0] if str(e).strip() else "syntax error"
+                raise UserError(f"cannot read the setting {text!r} ({first}); quote values that hold "
+                                "spaces, commas, parentheses, '=' or glob brackets: key='a value' "
+                                "(see the README, 'Paths and quoting')") from None
+            text = _quoted(key_text, raw)
+            parsed = parser.parse_override(text)
+        out.append(text)
+        key = parsed.key_or_group
+        if key.startswith("hydra.") or key == "hydra":
+            continue
+        if parsed.package:
+            raise UserError(f"{text}: packages (@) are not supported in settings")
+        path = key.split(".")
+        if len(path) == 1 and key in C.GROUPS and dataclasses.is_dataclass(_field_type(schema, key)):
+            choices = _group_names(key, config_dirs)
+            value = parsed.value()
+            if isinstance(value, str) and value not in choices:
+                close = difflib.get_close_matches(value, choices, n=1)
+                hint = f"; did you mean {close[0]}?" if close else ""
+                raise UserError(f"{key}={value}: no such {key} config (available: {', '.join(choices)}"
+                                f"{hint}); add your own with --config-dir DIR holding {key}/{value}.yaml")
+            continue
+        ok, known = _schema_field(schema, path)
+        if not ok:
+            raise C.unknown_key(key, known)
+    return out
 
-        @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)
-        def _main(cfg: DictConfig) -> Any:
+
+def _is_text(cls: type, key: str) -> bool:
+    """Whether `key` is a text setting of schema `cls` (str or Any: paths, names)."""
+    current: Any = cls
+    for part in key.lstrip("+~").split("."):
+        if current is None or not dataclasses.is_dataclass(current):
+            return False
+        f = {x.name: x for x in dataclasses.fields(current)}.get(part)
+        if f is None:
+            return False
+        current = C._dataclass_of(f) or f
+    return isinstance(current, dataclasses.Field) and str(current.type) in ("str", "Optional[str]", "Any")
+
+
+def _field_type(cls: type, name: str) -> Any:
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return C._dataclass_of(f)
+    return None
+
+
+_KIND = {"Float": "a number", "Integer": "an integer", "Boolean": "true or false", "String": "a string"}
+
+
+def _composition_error(e: BaseException) -> UserError:
+    """A Hydra/OmegaConf composition failure as one line naming the key."""
+    cause: BaseException | None = e
+    while cause is not None and not hasattr(cause, "full_key"):
+        cause = cause.__cause__ or cause.__context__
+    if cause is not None:
+        key = getattr(cause, "full_key", "") or ""
+        msg = str(getattr(cause, "msg", cause)).strip().splitlines()[0]
+        m = re.match(r"Value '(.*?)'(?: of type '\w+')? could not be converted to (\w+)", msg)
+        if m:
+            return C.ConfigError(f"{key}={m.group(1)}: expected {_KIND.get(m.group(2), m.group(2).lower())}")
+        m = re.match(r"Invalid value '(.*)', expected one of \[(.*)\]", msg)
+        if m:
+            return C.ConfigError(f"{key}={m.group(1)}: expected one of {m.group(2)}")
+        if "Missing mandatory value" in msg:
+            return C.ConfigError(f"{key}=... is required")
+        return C.ConfigError(f"{key}: {msg}" if key else msg)
+    text = str(e).strip().splitlines()
+    return UserError(text[0] if text else type(e).__name__)
+
+
+def _missing_keys(cfg: Any, prefix: str = "") -> list[str]:
+    from omegaconf import DictConfig, OmegaConf
+
+    out = []
+    for key in cfg:
+        path = f"{prefix}{key}"
+        if OmegaConf.is_missing(cfg, key):
+            out.append(path)
+        else:
+            value = cfg._get_node(key)
+            if isinstance(value, DictConfig):
+                out += _missing_keys(value, path + ".")
+    return out
+
+
+def compose(config_name: str, overrides: Sequence[str] = (), config_dirs: Sequence[str | os.PathLike] = (),
+            usage: str = "") -> Any:
+    """The typed, validated config of a console script.
+
+    Args:
+        config_name: `waveglow_<script>` (a YAML under waveglow/configs/ with a schema in
+            `waveglow.config.APPS`).
+        overrides: `key=value` settings as given on the command line.
+        config_dirs: the user's extra config folders (searched before the package's).
+        usage: the script's usage line, quoted in "is required" errors.
+
+    Returns:
+        An instance of the script's schema (e.g. `waveglow.config.TrainApp`).
+
+    Raises:
+        UserError: a syntax error, an unknown key or group choice, a wrong type, a value out of
+            range, or a required key left unset; the message names the key.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    dirs = [Path(d).expanduser().resolve() for d in config_dirs]
+    for d in dirs:
+        if not d.is_dir():
+            raise UserError(f"--config-dir {d}: no such folder")
+    overrides = _check_overrides(config_name, overrides, dirs)
+    C.register_schemas()
+    # The user's folders come first so that their YAMLs can replace the shipped ones.
+    primary, extra = (dirs[0], [*dirs[1:], CONFIG_DIR]) if dirs else (CONFIG_DIR, [])
+    args = list(overrides)
+    if extra:
+        given = [a for a in args if a.startswith("hydra.searchpath=")]
+        paths = [f"file://{p}" for p in extra]
+        if given:
+            args.remove(given[0])
+            paths = [*OmegaConf.create({"x": given[0].split("=", 1)[1]}).x, *paths]
+        args.append("hydra.searchpath=[" + ",".join(f"'{p}'" for p in paths) + "]")
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(primary), version_base="1.3", job_name=config_name):
+            cfg = hydra_compose(config_name, overrides=args)
+    except (HydraException, OmegaConfBaseException, ValueError) as e:
+        raise _composition_error(e) from None
+    finally:
+        GlobalHydra.instance().clear()
+    missing = _missing_keys(cfg)
+    if missing:
+        need = " ".join(f"{k}=..." for k in missing)
+        raise C.ConfigError(f"{need} {'is' if len(missing) == 1 else 'are'} required"
+                            + (f": {usage}" if usage else ""))
+    try:
+        typed = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as e:
+        raise _composition_error(e) from None
+    if not isinstance(typed, C.APPS[config_name]):
+        raise UserError(f"{config_name}.yaml: its defaults list must start with schema/{config_name}@_here_")
+    return C.validate(typed)
+
+
+def resolved_yaml(cfg: Any) -> str:
+    """The resolved config as YAML (what runs and outputs record)."""
+    import yaml
+
+    return yaml.safe_dump(C.to_dict(cfg), sort_keys=False, allow_unicode=True)
+
+
+def save_config_beside(cfg: Any, output: str | os.PathLike, script: str, *, is_dir: bool) -> Path:
+    """Record the resolved config next to an output, under a name no other command writes.
+
+    `<output_dir>/<script>.config.yaml` for an output folder (e.g. `synthesize.config.yaml`),
+    `<output stem>.config.yaml` for an output file. Never `config.yaml`: that name belongs to a
+    training run directory, which a synthesis or scoring output may share.
+
+    Args:
+        cfg: the typed config.
+        output: the output folder or file.
+        script: the script's short name (`synthesize`).
+        is_dir: whether `output` is a folder.
+    """
+    path = Path(output)
+    target = path / f"{script}.config.yaml" if is_dir else path.with_name(f"{path.stem}.config.yaml")
+    try:
+        return write_text_atomic(target, resolved_yaml(cfg))
+    except OSError as e:
+        raise UserError(f"{target}: cannot write the resolved config ({e.strerror or e})") from None
+
+
+# --------------------------------------------------------------------------------------- help
+def _help_lines(cls: type, values: Any, prefix: str = "") -> list[str]:
+    lines = []
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        value = getattr(values, f.name, None) if values is not None else None
+        sub = C._dataclass_of(f)
+        if sub is not None and not prefix and f.name in C.GROUPS:
+            continue  # groups are listed after the script's own keys
+        if sub is not None:
+            lines += _help_lines(sub, value, key + ".")
+            continue
+        if value == C.MISSING:
+            shown = "(required)"
+        elif isinstance(value, bool) or value is None:
+            shown = {True: "true", False: "false", None: "null"}[value]
+        else:
+            shown = str(value)
+        lines.append(f"  {key}={shown}".ljust(36) + f"  {f.metadata.get('help', '')}")
+    return lines
+
+
+def help_text(script: Script, config_dirs: Sequence[str | os.PathLike] = ()) -> str:
+    """The `--help` page: name, summary, usage, required keys, every key with default and help."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    C.register_schemas()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name=script.config):
+        raw = hydra_compose(script.config)
+    GlobalHydra.instance().clear()
+    cls = C.APPS[script.config]
+    # Defaults as composed (the YAML's values), without resolving `${...}` or requiring `???`.
+    values = _Defaults(OmegaConf.to_container(raw, resolve=False))
+    out = [f"{script.name} (waveglow {__version__})", "", script.summary, "",
+           f"usage: {script.name} {script.usage} [key=value ...]", ""]
+    required = [f.name for f in dataclasses.fields(cls) if getattr(values, f.name, None) == C.MISSING]
+    if required:
+        out += ["required: " + ", ".join(required), ""]
+    out += ["settings (key=default  meaning):", *_help_lines(cls, values)]
+    group_fields = [f.name for f in dataclasses.fields(cls) if f.name in C.GROUPS]
+    for group in group_fields:
+        choices = _group_names(group, [Path(d) for d in config_dirs])
+        sub = getattr(values, group)
+        chosen = f" (choices: {', '.join(choices)})" if choices and group != "audio" else ""
+        out += ["", f"{group} settings{chosen}:", *_help_lines(C.GROUPS[group], sub, f"{group}.")]
+    if script.examples:
+        out += ["", "examples:", *[f"  {e}" for e in script.examples]]
+    out += ["", "Values with spaces, commas, parentheses or '=' are quoted: key='my file (1).wav'.",
+            "--config-dir DIR adds a folder of your own YAML configs (e.g. DIR/model/mine.yaml -> model=mine).",
+            "--version prints the toolkit's version."]
+    return "\n".join(out) + "\n"
+
+
+class _Defaults:
+    """Attribute access over the composed (unresolved) defaults, for the help page."""
+
+    def __init__(self, data: Any) -> None:
+        self._data = data if isinstance(data, dict) else {}
+
+    def __getattr__(self, name: str) -> Any:
+        value = self._data.get(name)
+        return _Defaults(value) if isinstance(value, dict) else value
+
+
+# ---------------------------------------------------------------------------------- entry point
+def parse_argv(argv: Sequence[str], name: str) -> tuple[list[str], list[str], str | None]:
+    """Split the command line into settings, `--config-dir` folders and an action (help/version)."""
+    settings: list[str] = []
+    dirs: list[str] = []
+    action = None
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg in ("-h", "--help"):
+            action = "help"
+        elif arg == "--version":
+            action = "version"
+        elif arg in ("--config-dir", "-cd"):
+            if not args:
+                raise UserError("--config-dir needs a folder: --config-dir DIR")
+            dirs.append(args.pop(0))
+        elif arg.startswith("--config-dir="):
+            dirs.append(arg.split("=", 1)[1])
+        elif arg.startswith("-"):
+            key = arg.lstrip("-").split("=", 1)[0]
+            hint = f" (did you mean {key}=...?)" if key else ""
+            raise UserError(f"unknown option {arg!r}: settings are given as key=value{hint}; "
+                            f"see {name} --help")
+        else:
+            if "=" not in arg:
+                raise UserError(f"{arg!r}: expected a key=value setting; see {name} --help")
+            settings.append(arg)
+    return settings, dirs, action
+
+
+def app(script: Script) -> Callable[[Callable[[Any], Any]], Callable[[list[str] | None], Any]]:
+    """Turn `fn(cfg)` into the console script's `main(argv=None)`."""
+
+    def decorate(fn: Callable[[Any], Any]) -> Callable[[list[str] | None], Any]:
+        def main(argv: list[str] | None = None) -> Any:
             setup_logging()
             try:
+                settings, dirs, action = parse_argv(sys.argv[1:] if argv is None else argv, script.name)
+                if action == "version":
+                    print(f"waveglow {__version__}")
+                    return None
+                if action == "help":
+                    sys.stdout.write(help_text(script, dirs))
+                    return None
+                cfg = compose(script.config, settings, dirs, usage=f"{script.name} {script.usage}")
                 return fn(cfg)
             except UserError as e:
                 fail(str(e))
@@ -60,44 +419,7 @@ def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Calla
                 print("interrupted", file=sys.stderr)
                 sys.exit(130)
 
-        _main.__doc__ = fn.__doc__
-        return _main
+        main.__doc__ = fn.__doc__
+        return main
 
     return decorate
-
-
-def number(cfg: DictConfig, key: str, kind: type = float, *, minimum: float | None = None,
-           default: Any = None) -> Any:
-    """Read setting `key` as an int or float, or raise a UserError that names it.
-
-    Hydra passes `sigma=abc` through as a string; checking every number before any slow work
-    turns that into `error: sigma='abc': expected a number` instead of a traceback.
-    """
-    value = OmegaConf.select(cfg, key, default=default)
-    try:
-        if isinstance(value, bool) or value is None:
-            raise ValueError
-        out = kind(value)
-        if kind is int and float(value) != out:
-            raise ValueError
-    except (TypeError, ValueError):
-        expected = "an integer" if kind is int else "a number"
-        raise UserError(f"{key}={value!r}: expected {expected}") from None
-    if minimum is not None and out < minimum:
-        raise UserError(f"{key}={value!r}: expected a value >= {minimum}")
-    return out
-
-
-def to_container(cfg: DictConfig) -> dict:
-    """The resolved config as plain dicts/lists (what checkpoints store)."""
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-
-
-def save_resolved_config(cfg: DictConfig | dict, directory: str | os.PathLike,
-                         name: str = "config.yaml") -> Path:
-    """Write the resolved config as `directory/name` (default `config.yaml`), atomically."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    conf = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
-    text = OmegaConf.to_yaml(conf, resolve=True)
-    return write_text_atomic(directory / name, text)

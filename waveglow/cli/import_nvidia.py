@@ -8,32 +8,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig
-
-from waveglow.cli.common import hydra_app, number, save_resolved_config, to_container
+from waveglow.cli.common import Script, app, resolved_yaml
+from waveglow.config import ImportNvidiaApp, to_dict
 from waveglow.errors import UserError
+from waveglow.fileio import write_text_atomic
+from waveglow.nvidia import import_nvidia
 
-USAGE = "waveglow-import-nvidia input=<NVIDIA waveglow .pt> output=<checkpoint .pt>"
+SCRIPT = Script(
+    name="waveglow-import-nvidia", config="waveglow_import_nvidia",
+    summary="Convert an NVIDIA/waveglow checkpoint (a pickled glow.WaveGlow or glow_old.WaveGlow) into a "
+            "checkpoint of this toolkit. Nothing in the file is run: globals outside a short allowlist "
+            "are refused. The model settings are inferred from the weight shapes.",
+    usage="input=<NVIDIA waveglow .pt> output=<checkpoint .pt>",
+    examples=("waveglow-import-nvidia input=waveglow_256channels_universal_v5.pt "
+              "output=checkpoints/nvidia_v5.pt",),
+)
 
 
-@hydra_app("waveglow_import_nvidia")
-def main(cfg: DictConfig) -> None:
+@app(SCRIPT)
+def main(cfg: ImportNvidiaApp) -> None:
     """Read `cfg.input` with the restricted unpickler and write `cfg.output`."""
-    from waveglow.nvidia import import_nvidia
-
-    for key in ("input", "output"):
-        value = cfg.get(key)
-        if value is None or not str(value).strip():
-            raise UserError(f"{key}=... is required: {USAGE}")
-    output = Path(str(cfg.output))
-    import_nvidia(str(cfg.input), output, audio=to_container(cfg.audio),
-                          layout=str(cfg.layout), sigma=number(cfg, "sigma", float))
+    output = Path(cfg.output)
+    import_nvidia(cfg.input, output, audio=to_dict(cfg.audio), layout=cfg.layout, sigma=cfg.sigma)
+    # Named after the checkpoint: importing into a run folder must not replace its config.yaml.
+    record = output.with_name(f"{output.stem}.import.yaml")
     try:
-        # Named after the checkpoint: importing into a run folder must not replace its config.yaml.
-        save_resolved_config(cfg, output.parent, name=f"{output.stem}.import.yaml")
+        write_text_atomic(record, resolved_yaml(cfg))
     except OSError as e:
-        raise UserError(f"{output.parent}: cannot write {output.stem}.import.yaml ({e.strerror or e})") from None
-
-
-if __name__ == "__main__":
-    main()
+        raise UserError(f"{record}: cannot write the import record ({e.strerror or e})") from None

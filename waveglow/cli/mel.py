@@ -7,10 +7,15 @@ import sys
 import time
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+import torch
+from tqdm import tqdm
 
-from waveglow.cli.common import hydra_app, number, save_resolved_config
+from waveglow.audio import dither, load_audio, warn_once_per_rate
+from waveglow.cli.common import Script, app, save_config_beside
+from waveglow.config import MelApp
+from waveglow.data import OTHER_AUDIO_SUFFIXES
 from waveglow.errors import UserError, naming
+from waveglow.mel import MelSpectrogram, save_mel
 
 log = logging.getLogger("waveglow.mel")
 
@@ -27,8 +32,6 @@ def collect_inputs(spec: str) -> list[tuple[Path, Path]]:
     Returns:
         Pairs in input order (folders: sorted).
     """
-    from waveglow.data import OTHER_AUDIO_SUFFIXES
-
     path = Path(spec).expanduser()
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES
@@ -66,35 +69,32 @@ def collect_inputs(spec: str) -> list[tuple[Path, Path]]:
     return pairs
 
 
-@hydra_app("waveglow_mel")
-def main(cfg: DictConfig) -> None:
+SCRIPT = Script(
+    name="waveglow-mel", config="waveglow_mel",
+    summary="Compute log-mel spectrograms of audio files, in the format Tacotron 2 / NVIDIA inference "
+            "and waveglow-synthesize read: float32 [n_mels, frames], natural log, one file per input.",
+    usage="input=<wav file | folder | glob | filelist> output_dir=<dir>",
+    examples=("waveglow-mel input=data/demo/wavs output_dir=outputs/mels",
+              "waveglow-mel input=speech.flac output_dir=mels format=npy"),
+)
+
+
+@app(SCRIPT)
+def main(cfg: MelApp) -> None:
     """Write one mel file per input audio file (no dither unless asked: deterministic output)."""
-    for key in ("input", "output_dir"):
-        if OmegaConf.is_missing(cfg, key):
-            raise UserError(f"{key}=... is required: waveglow-mel input=<wav file | folder | filelist> "
-                            "output_dir=<dir>")
-    fmt = str(cfg.format).lower().lstrip(".")
-    if fmt not in ("pt", "npy"):
-        raise UserError(f"format={cfg.format}: expected pt or npy")
-
-    import torch
-    from tqdm import tqdm
-
-    from waveglow.audio import dither, load_audio, warn_once_per_rate
-    from waveglow.mel import MelSpectrogram, save_mel
-
+    fmt = cfg.format
     inputs = collect_inputs(str(cfg.input))
     out_dir = Path(str(cfg.output_dir)).expanduser()
     sr = int(cfg.audio.sampling_rate)
     mel_fn: MelSpectrogram | None = None  # built on first use: a bad input fails without the slow import
-    lsb = number(cfg, "dither", float, minimum=0.0, default=0.0)
-    generator = torch.Generator().manual_seed(number(cfg, "seed", int, default=0))
+    lsb = cfg.dither
+    generator = torch.Generator().manual_seed(cfg.seed)
     warn = warn_once_per_rate(set())
     failures: list[str] = []
     seconds = 0.0
     t0 = time.perf_counter()
     for audio_path, rel in tqdm(inputs, unit="file", desc="mels", file=sys.stderr, mininterval=0.5,
-                                disable=not cfg.get("progress", True) or len(inputs) < 2):
+                                disable=not cfg.progress or len(inputs) < 2):
         try:
             audio = torch.from_numpy(load_audio(audio_path, sr, warn=warn))
             mel_fn = mel_fn or MelSpectrogram.from_config(cfg.audio)
@@ -114,9 +114,9 @@ def main(cfg: DictConfig) -> None:
     wall = time.perf_counter() - t0
     written = len(inputs) - len(failures)
     if written:  # an all-failed run leaves no output folder behind
-        save_resolved_config(cfg, out_dir)
+        save_config_beside(cfg, out_dir, "mel", is_dir=True)
     if written:
-        print(f"wrote {written} mel files (.{fmt}, float32 [{cfg.audio.n_mels}, frames]) to {out_dir}: "
+        print(f"wrote {written} mel {'file' if written == 1 else 'files'} (.{fmt}, float32 [{cfg.audio.n_mels}, frames]) to {out_dir}: "
               f"{seconds:.1f} s of audio in {wall:.2f} s ({seconds / max(wall, 1e-9):.0f}x real time)", flush=True)
     if failures:
         if len(inputs) == 1:

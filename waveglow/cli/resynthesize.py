@@ -9,34 +9,39 @@ from __future__ import annotations
 
 import logging
 
-from omegaconf import DictConfig
-
-from waveglow.cli.common import hydra_app, number, save_resolved_config
-from waveglow.cli.synthesize import input_spec, make_synthesizer, report_failures, require
+from waveglow.cli.common import Script, app, save_config_beside
+from waveglow.cli.synthesize import input_spec, make_synthesizer, report_failures
+from waveglow.config import ResynthesizeApp
+from waveglow.synthesize import resynthesize
 
 log = logging.getLogger("waveglow.resynthesize")
 
+SCRIPT = Script(
+    name="waveglow-resynthesize", config="waveglow_resynthesize",
+    summary="Copy synthesis, the everyday quality check: WAV -> mel (the checkpoint's own audio settings) "
+            "-> WAV, with the mel L1 and multi-resolution STFT distance of each output to its input "
+            "(<output_dir>/metrics.csv and metrics.json). Outputs have the input's length.",
+    usage="checkpoint=<ckpt> input=<wav | folder | glob | filelist> output_dir=<dir>",
+    examples=("waveglow-resynthesize checkpoint=run/checkpoints/best.pt input=data/demo/wavs "
+              "output_dir=outputs/resynth",),
+)
 
-@hydra_app("waveglow_resynthesize")
-def main(cfg: DictConfig) -> None:
+
+@app(SCRIPT)
+def main(cfg: ResynthesizeApp) -> None:
     """Resynthesize every input file and report the distances."""
-    from waveglow.synthesize import resynthesize
-
-    require(cfg, ("checkpoint", "input", "output_dir"),
-            "waveglow-resynthesize checkpoint=<ckpt> input=<wav | dir | glob | filelist> output_dir=<dir>")
     synth = make_synthesizer(cfg)
     result = resynthesize(
-        synth, input_spec(cfg.input), str(cfg.output_dir), sigma=number(cfg, "sigma", float), seed=number(cfg, "seed", int),
-        batch_size=number(cfg, "batch_size", int), denoiser_strength=number(cfg, "denoiser_strength", float),
-        denoiser_mel=str(cfg.denoiser_mel), subtype=str(cfg.format), on_error=str(cfg.on_error),
-        progress=bool(cfg.get("progress", True)),
+        synth, input_spec(cfg.input), cfg.output_dir, sigma=cfg.sigma, seed=cfg.seed, batch_size=cfg.batch_size,
+        denoiser_strength=cfg.denoiser_strength, denoiser_mel=cfg.denoiser_mel, subtype=cfg.format,
+        on_error=cfg.on_error, progress=cfg.progress,
     )
-    save_resolved_config(cfg, str(cfg.output_dir))
+    save_config_beside(cfg, cfg.output_dir, "resynthesize", is_dir=True)
     for row in result.rows:
         log.info("%s: mel L1 %.4f, MR-STFT distance %.4f", row["file"], row["mel_l1"], row["mrstft"])
     report_failures(result.report.failed)
     print(result.report.summary(), flush=True)
-    print(f"mean over {len(result.rows)} files: mel L1 {result.mean['mel_l1']:.4f}, "
-          f"multi-resolution STFT distance {result.mean['mrstft']:.4f} "
+    print(f"mean over {len(result.rows)} {'file' if len(result.rows) == 1 else 'files'}: mel L1 "
+          f"{result.mean['mel_l1']:.4f}, multi-resolution STFT distance {result.mean['mrstft']:.4f} "
           f"(spectral convergence {result.mean['spectral_convergence']:.4f} + log-magnitude L1 "
           f"{result.mean['log_magnitude_l1']:.4f}); metrics in {result.metrics_csv}", flush=True)

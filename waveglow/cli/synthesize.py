@@ -10,63 +10,58 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig
-
-from waveglow.cli.common import hydra_app, number, save_resolved_config
-from waveglow.errors import UserError
+from waveglow.cli.common import Script, app, save_config_beside
+from waveglow.config import InferenceSettings, SynthesizeApp
+from waveglow.synthesize import Synthesizer
 
 log = logging.getLogger("waveglow.synthesize")
 
-
-def require(cfg: DictConfig, keys: tuple[str, ...], usage: str) -> None:
-    """UserError naming the first missing key (null or empty)."""
-    for key in keys:
-        value = cfg.get(key)
-        if value is None or (isinstance(value, str) and not value.strip()):
-            raise UserError(f"{key}=... is required: {usage}")
+SCRIPT = Script(
+    name="waveglow-synthesize", config="waveglow_synthesize",
+    summary="Turn mel spectrograms (.pt/.npy, [n_mels, frames], natural-log, e.g. from Tacotron 2) into "
+            "WAV files with a trained checkpoint: batched, chunked for long inputs, on CPU or CUDA. "
+            "Each input gives <output_dir>/<stem>.wav of exactly hop x frames samples.",
+    usage="checkpoint=<ckpt> input=<mel file | folder | glob | filelist> output_dir=<dir>",
+    examples=("waveglow-synthesize checkpoint=run/checkpoints/best.pt input=mels/ output_dir=wavs",
+              "waveglow-synthesize checkpoint=ckpt.pt input='mels/*.npy' output_dir=wavs sigma=0.8 "
+              "denoiser_strength=0.02"),
+)
 
 
 def input_spec(value: Any) -> Any:
-    """`input=x` (string) or `input=[a,b]` (list of paths) as the Synthesizer takes it."""
-    if isinstance(value, (ListConfig, list, tuple)):
+    """`input=x` (string) or `input=[a,b]` (list of paths) as the library takes it."""
+    if isinstance(value, (list, tuple)):
         return [str(v) for v in value]
     return str(value)
 
 
-def make_synthesizer(cfg: DictConfig) -> Any:
-    """A Synthesizer from the common keys (checkpoint, device, precision, chunking)."""
-    from waveglow.synthesize import Synthesizer
-
+def make_synthesizer(cfg: InferenceSettings, crossfade_frames: int | None = None) -> Synthesizer:
+    """A Synthesizer from the settings every inference script shares."""
     return Synthesizer(
-        str(cfg.checkpoint), device=str(cfg.device), precision=str(cfg.precision),
-        chunk_frames=number(cfg, "chunk_frames", int), overlap=cfg.get("chunk_overlap"),
-        crossfade_frames=number(cfg, "crossfade_frames", int, default=4),
+        cfg.checkpoint, device=cfg.device, precision=cfg.precision, chunk_frames=cfg.chunk_frames,
+        overlap=getattr(cfg, "chunk_overlap", None),
+        crossfade_frames=getattr(cfg, "crossfade_frames", 4) if crossfade_frames is None else crossfade_frames,
     )
 
 
 def report_failures(failed: list[tuple[str, str]]) -> None:
     if failed:
-        log.warning("skipped %d bad files:", len(failed))
+        log.warning("skipped %d bad %s:", len(failed), "file" if len(failed) == 1 else "files")
         for _, reason in failed:
             log.warning("  %s", reason)
 
 
-@hydra_app("waveglow_synthesize")
-def main(cfg: DictConfig) -> None:
+@app(SCRIPT)
+def main(cfg: SynthesizeApp) -> None:
     """Synthesize every input mel into <output_dir>/<stem>.wav."""
-    require(cfg, ("checkpoint", "input", "output_dir"),
-            "waveglow-synthesize checkpoint=<ckpt> input=<mel file | dir | glob | filelist> output_dir=<dir>")
-    for key, kind in (("sigma", float), ("seed", int), ("batch_size", int), ("denoiser_strength", float)):
-        number(cfg, key, kind)  # a typo fails now, not after the checkpoint has been loaded
     synth = make_synthesizer(cfg)
     log.info("%s: %s, %s, %d Hz, hop %d, receptive field ±%d frames", cfg.checkpoint, synth.device,
              synth.precision, synth.sampling_rate, synth.hop_length, synth.receptive_field)
     report = synth.to_files(
-        input_spec(cfg.input), str(cfg.output_dir), sigma=number(cfg, "sigma", float), seed=number(cfg, "seed", int),
-        batch_size=number(cfg, "batch_size", int), denoiser_strength=number(cfg, "denoiser_strength", float),
-        denoiser_mel=str(cfg.denoiser_mel), subtype=str(cfg.format), on_error=str(cfg.on_error),
-        progress=bool(cfg.get("progress", True)),
+        input_spec(cfg.input), cfg.output_dir, sigma=cfg.sigma, seed=cfg.seed, batch_size=cfg.batch_size,
+        denoiser_strength=cfg.denoiser_strength, denoiser_mel=cfg.denoiser_mel, subtype=cfg.format,
+        on_error=cfg.on_error, progress=cfg.progress,
     )
-    save_resolved_config(cfg, str(cfg.output_dir))
+    save_config_beside(cfg, cfg.output_dir, "synthesize", is_dir=True)
     report_failures(report.failed)
     print(report.summary(), flush=True)

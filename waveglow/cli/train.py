@@ -1,9 +1,5 @@
 """waveglow-train: maximum-likelihood training (resumes when run_dir holds last.pt).
 
-    waveglow-train data=demo model=tiny
-    waveglow-train data=ljspeech model=waveglow_256 run_dir=checkpoints/lj256 train.max_steps=100000
-    torchrun --standalone --nproc_per_node=8 .venv/bin/waveglow-train data=ljspeech model=waveglow_256
-
 Exit status: 0 finished; 2 bad settings or input (one `error:` line); 1 training could not go
 on (checkpoint write failed, diverged beyond the guards; the checkpoints on disk are intact);
 143 after SIGTERM and 130 after SIGINT/Ctrl-C, each once a final last.pt was written —
@@ -14,16 +10,26 @@ from __future__ import annotations
 
 import sys
 
-from omegaconf import DictConfig
+from waveglow.cli.common import Script, app
+from waveglow.config import TrainApp
+from waveglow.train import TrainingError, train
 
-from waveglow.cli.common import hydra_app
+SCRIPT = Script(
+    name="waveglow-train", config="waveglow_train",
+    summary="Train a WaveGlow flow by exact maximum likelihood (validation log-likelihood in nats per "
+            "sample). Re-running with an existing run_dir resumes from its checkpoints/last.pt; "
+            "under torchrun every process trains one share of the global batch (DDP).",
+    usage="data=<demo | ljspeech | folder> model=<tiny | squeeze | waveglow_256 | waveglow_512>",
+    examples=("waveglow-train data=demo model=tiny train=demo",
+              "waveglow-train data=ljspeech model=waveglow_256 run_dir=checkpoints/lj256",
+              "waveglow-train data=folder data.root=/data/my_voice model=squeeze train.batch_size=8",
+              "torchrun --standalone --nproc_per_node=8 .venv/bin/waveglow-train data=ljspeech"),
+)
 
 
-@hydra_app("waveglow_train")
-def main(cfg: DictConfig) -> None:
+@app(SCRIPT)
+def main(cfg: TrainApp) -> None:
     """Train the model of `cfg` on its data (see waveglow.train)."""
-    from waveglow.train import TrainingError, train
-
     try:
         result = train(cfg)
     except TrainingError as e:
