@@ -12,6 +12,9 @@ TORCH_INDEX ?=
 PY    := $(VENV)/bin/python
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The torch build asked for: a change of TORCH_SPEC or TORCH_INDEX reinstalls torch.
+TORCH_WANT  := $(TORCH_SPEC) $(TORCH_INDEX)
+TORCH_STAMP := $(VENV)/.torch-$(shell printf '%s' '$(TORCH_WANT)' | cksum | cut -d' ' -f1)
 
 # Training / synthesis defaults (override on the command line: make train MODEL=waveglow_512)
 DATA   ?= ljspeech
@@ -28,15 +31,22 @@ LJSPEECH_SHA256 ?= be1a30453f28eb8dd26af4101ae40cbf2c50413b1bb21936cbcdc6fae3de8
 
 help: ## list the targets
 	@echo "WaveGlow toolkit — make targets:"
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+	@if [ -t 1 ]; then on=$$(printf '\033[36m'); off=$$(printf '\033[0m'); else on=; off=; fi; \
+	grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -v on="$$on" -v off="$$off" 'BEGIN {FS = ":.*?## "}; {printf "  %s%-12s%s %s\n", on, $$1, off, $$2}'
 	@echo "Variables: DATA=$(DATA) MODEL=$(MODEL) NPROC=$(NPROC) TORCH_SPEC=$(TORCH_SPEC) ARGS='key=value ...'"
 
 install: $(STAMP) ## create .venv and install the package (editable, with dev tools)
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+$(TORCH_STAMP):
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	rm -f $(VENV)/.torch-*
+	$(PY) -m pip install --quiet --force-reinstall --no-deps $(TORCH_INDEX) "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet $(TORCH_INDEX) "$(TORCH_SPEC)"
+	@$(PY) -c "import torch; print(f'installed torch {torch.__version__}, CUDA available: {\"yes\" if torch.cuda.is_available() else \"no\"}')"
+	@touch $(TORCH_STAMP)
+
+$(STAMP): pyproject.toml $(TORCH_STAMP)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
@@ -65,7 +75,7 @@ endif
 synthesize: install ## vocode mel files: make synthesize CKPT=run/checkpoints/best.pt MELS=mels/ OUT=wavs/
 	@test -n "$(CKPT)" || { echo "error: set CKPT=<checkpoint.pt>"; exit 2; }
 	@test -n "$(MELS)" || { echo "error: set MELS=<mel file | dir | glob | filelist>"; exit 2; }
-	$(BIN)/waveglow-synthesize checkpoint=$(CKPT) input='$(MELS)' output_dir=$(OUT) $(ARGS)
+	$(BIN)/waveglow-synthesize "checkpoint=$(CKPT)" "input=$(MELS)" "output_dir=$(OUT)" $(ARGS)
 
 tensorboard: install ## serve the training curves of every run under checkpoints/ on localhost:6006
 	$(BIN)/tensorboard --logdir checkpoints --host 127.0.0.1 --port 6006

@@ -49,6 +49,13 @@ def compose(app: str, *overrides: str):
     return compose_config(app, list(overrides))
 
 
+def model_config(name: str) -> dict:
+    """The shipped model config `name` (waveglow/configs/model/<name>.yaml) as a plain dict."""
+    from waveglow.config import to_dict
+
+    return to_dict(compose("waveglow_train", f"model={name}", "data=demo").model)
+
+
 def run_cli(name: str, *args: str, check: bool = True, timeout: float = 300, env: dict | None = None,
             cwd: str | os.PathLike | None = None) -> subprocess.CompletedProcess:
     """Run console script `name` (e.g. "waveglow-mel") with Hydra overrides `args`.

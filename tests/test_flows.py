@@ -285,3 +285,58 @@ def test_wn_fp32_inference_path_matches_training_path(depthwise):
     with torch.inference_mode():
         fast = wn(a, cond)
     assert torch.allclose(fast, ref, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- caches and GPU-only numerics
+def test_inverse_cache_follows_a_replaced_parameter_and_device_moves():
+    torch.manual_seed(8)
+    part = Invertible1x1Conv(4)
+    x = torch.randn(1, 4, 7)
+    with torch.no_grad():
+        part.inverse(part(x, None)[0], None)
+        assert part._inv is not None
+        # A new Parameter object: even if it reused the memory and version, the cache must go.
+        part.weight = torch.nn.Parameter(torch.linalg.qr(torch.randn(4, 4))[0].unsqueeze(-1))
+        assert (part.inverse(part(x, None)[0], None) - x).abs().max() < 1e-5
+        part.double()  # .to()/.double()/.cuda() drop the cached copy instead of keeping it alive
+        assert part._inv is None
+
+
+def test_tanh_identity_only_in_cpu_fp32_inference():
+    """The sigmoid form of tanh is used only where it is faster (fp32 inference on the CPU);
+    under bf16 autocast the inference path calls tanh itself (the identity loses accuracy)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.names: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(9)
+    wn = WN(3, N_COND, 6, n_layers=3, n_channels=8)
+    a, cond = torch.randn(B, 3, 16), torch.randn(B, N_COND, 16)
+    with torch.no_grad(), Ops() as fp32:
+        wn(a, cond)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), Ops() as bf16:
+        wn(a, cond)
+    assert "tanh" not in fp32.names and fp32.names.count("sigmoid_") == 2 * 3
+    assert bf16.names.count("tanh") == 3
+
+
+def test_exact_fp32_turns_tf32_off_and_restores_it():
+    from waveglow.runtime import exact_fp32
+
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        with exact_fp32("cuda"):
+            assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        with exact_fp32("cpu"):  # nothing to do on the CPU
+            assert torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
+
+from conftest import compose, model_config
 from torch.autograd.functional import jacobian
 
 from waveglow.conditioner import WN
@@ -17,7 +17,7 @@ from waveglow.errors import UserError
 from waveglow.flows import Invertible1x1Conv
 from waveglow.model import WaveGlow
 
-CONFIGS = Path(__file__).resolve().parents[1] / "waveglow" / "configs" / "model"
+
 N_MELS, HOP = 5, 16
 
 
@@ -65,7 +65,7 @@ def test_round_trip(coupling, condition_half):
 
 def test_round_trip_squeeze_config():
     """The real-time configuration (repeat upsampling, depthwise conditioner, 128-sample groups)."""
-    cfg = yaml.safe_load((CONFIGS / "squeeze.yaml").read_text())
+    cfg = model_config("squeeze")
     assert cfg["name"] == "squeeze"
     torch.manual_seed(0)
     model = WaveGlow(cfg, n_mels=80, hop_length=256)
@@ -250,14 +250,14 @@ def test_input_validation():
         WaveGlow({"coupling": "spline"})
     with pytest.raises(UserError, match="multiple of n_group"):
         WaveGlow({"n_group": 24, "upsample": "repeat"}, hop_length=256)
-    with pytest.raises(UserError, match="unknown keys"):
+    with pytest.raises(UserError, match="unknown setting .model.n_layers. .did you mean model.wn.n_layers"):
         WaveGlow({"n_layers": 3})
 
 
 # ---------------------------------------------------------------- configs
 @pytest.mark.parametrize("name,expected", [("waveglow_256", 87.73e6), ("waveglow_512", 268.0e6)])
 def test_parameter_counts(name, expected):
-    cfg = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+    cfg = model_config(name)
     with torch.device("meta"):
         model = WaveGlow(cfg, n_mels=80, hop_length=256)
     # The published counts are of the inference model (weight norm folded: no weight_g).
@@ -266,19 +266,19 @@ def test_parameter_counts(name, expected):
 
 
 def test_tiny_config_builds_and_runs():
-    cfg = yaml.safe_load((CONFIGS / "tiny.yaml").read_text())
+    cfg = model_config("tiny")
     assert cfg["name"] == "tiny"
     model = WaveGlow(cfg, n_mels=80, hop_length=256)
     audio, mel = 0.1 * torch.randn(1, 1024), torch.randn(1, 80, 5)
     assert torch.isfinite(model.log_prob(audio, mel)).all()
 
 
-def test_from_config_accepts_dictconfig():
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.create({"model": yaml.safe_load((CONFIGS / "tiny.yaml").read_text()),
-                            "audio": {"n_mels": 80, "hop_length": 256}})
+def test_from_config_accepts_typed_and_plain_configs():
+    cfg = compose("waveglow_train", "model=tiny", "data=demo")
     model = WaveGlow.from_config(cfg)
+    assert model.n_mels == 80 and model.hop_length == 256
+    assert model.config["audio"]["n_mels"] == 80 and model.model_config["name"] == "tiny"
+    model = WaveGlow.from_config({"model": model_config("tiny"), "audio": {"n_mels": 80, "hop_length": 256}})
     assert model.n_mels == 80 and model.hop_length == 256
     assert model.config["audio"]["n_mels"] == 80 and model.model_config["name"] == "tiny"
 

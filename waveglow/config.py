@@ -326,6 +326,8 @@ def _describe(meta: Mapping[str, Any], kind: Any) -> str:
     if meta.get("choices"):
         return "one of " + ", ".join(str(c) for c in meta["choices"])
     noun = "an integer" if kind is int else "a number"
+    if meta.get("gt") is not None and meta.get("max") is not None:
+        return f"{noun} in ({meta['gt']:g}, {meta['max']:g}]"
     if meta.get("gt") is not None:
         return f"{noun} > {meta['gt']:g}"
     if meta.get("min") is not None and meta.get("max") is not None:
@@ -335,9 +337,24 @@ def _describe(meta: Mapping[str, Any], kind: Any) -> str:
     return f"{noun} <= {meta['max']:g}"
 
 
+_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+_NOUNS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _kind(annotation: Any) -> type | None:
+    text = str(annotation).replace("Optional[", "").replace("list[", "").rstrip("]")
+    return _TYPES.get(text)
+
+
 def _check_value(key: str, value: Any, meta: Mapping[str, Any], kind: Any) -> None:
     if value is None or value == MISSING:
         return
+    # Settings built from plain dicts (a checkpoint's config, the Python API) are not typed by
+    # OmegaConf: check the type here too. An int is a fine float; a bool is not a number.
+    if kind is not None:
+        ok = isinstance(value, kind) if kind is not float else isinstance(value, (int, float))
+        if not ok or (kind in (int, float) and isinstance(value, bool)):
+            raise ConfigError(f"{key}={value!r}: expected {_NOUNS[kind]}")
     choices = meta.get("choices")
     if choices and value not in choices:
         close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
@@ -369,7 +386,7 @@ def validate(obj: Any, prefix: str = "") -> Any:
         if dataclasses.is_dataclass(value):
             validate(value, key)
             continue
-        kind = int if f.type in ("int", "Optional[int]", int) else float
+        kind = _kind(f.type)
         if isinstance(value, list):
             for item in value:
                 _check_value(key, item, f.metadata, kind)
@@ -408,7 +425,9 @@ def from_dict(cls: type, values: Mapping[str, Any] | None, prefix: str = "", str
     for key, value in values.items():
         if key not in names:
             if strict:
-                raise unknown_key(f"{prefix}.{key}" if prefix else key, list(names))
+                nested = [f"{n}.{key}" for n, f in names.items()
+                          if (sub := _dataclass_of(f)) and key in {x.name for x in dataclasses.fields(sub)}]
+                raise unknown_key(f"{prefix}.{key}" if prefix else key, list(names), nested)
             continue
         f = names[key]
         sub = _dataclass_of(f)
@@ -426,11 +445,17 @@ def _dataclass_of(f: dataclasses.Field) -> type | None:
     return globals().get(name) if isinstance(globals().get(name), type) else None
 
 
-def unknown_key(key: str, known: list[str]) -> ConfigError:
-    """`unknown setting 'model.n_flowz' (did you mean model.n_flows?)`."""
+def unknown_key(key: str, known: list[str], nested: list[str] = ()) -> ConfigError:
+    """`unknown setting 'model.n_flowz' (did you mean model.n_flows?)`.
+
+    Args:
+        key: the full key given.
+        known: the names at its level.
+        nested: deeper keys that end like it (`wn.n_layers` for `model.n_layers`), preferred.
+    """
     leaf = key.rsplit(".", 1)[-1]
     parent = key[: -len(leaf)]
-    close = difflib.get_close_matches(leaf, known, n=1, cutoff=0.6)
+    close = list(nested[:1]) or difflib.get_close_matches(leaf, known, n=1, cutoff=0.6)
     hint = f" (did you mean {parent}{close[0]}?)" if close else ""
     return ConfigError(f"unknown setting '{key}'{hint}")
 

@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from waveglow.conditioner import WN
+from waveglow.runtime import exact_fp32
+
 
 
 def state_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -109,7 +111,7 @@ class Invertible1x1Conv(FlowPart):
 
     Inverse cache: `inverse` computes W⁻¹ from the current weight. When autograd is off
     (`torch.no_grad` / `torch.inference_mode`) the inverse is cached and reused, keyed on the
-    weight's version counter, storage pointer, dtype and device, so any in-place update
+    weight tensor itself, its version counter, storage pointer, dtype and device, so any in-place update
     (optimizer step, `load_state_dict`, `copy_`) or replacement of the weight invalidates it.
     Writes through `weight.data` bypass the version counter: call `invalidate_inverse()` after
     those. With autograd on, the inverse is always recomputed (and differentiable).
@@ -151,13 +153,21 @@ class Invertible1x1Conv(FlowPart):
         self._inv_key = None
         self._inv = None
 
+    def _apply(self, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # .to() / .cuda() / .double(): a cached inverse on the old device or dtype is dropped,
+        # not kept alive beside the moved weight.
+        self.invalidate_inverse()
+        return super()._apply(fn, *args, **kwargs)
+
     def inverse_matrix(self) -> Tensor:
         """W⁻¹ [c, c, 1] in the state dtype, from the current weight (cached without autograd)."""
         if torch.is_grad_enabled():
             return torch.linalg.inv(self._matrix()).unsqueeze(-1)
         w = self.weight
-        key = (w._version, w.data_ptr(), w.dtype, w.device)
-        if self._inv is None or self._inv_key != key:
+        # The tensor object itself is part of the key: a replaced parameter can reuse the old
+        # one's memory (same data_ptr) and restart its version counter.
+        key = (w, w._version, w.data_ptr(), w.dtype, w.device)
+        if self._inv is None or self._inv_key is None or self._inv_key[0] is not w or self._inv_key[1:] != key[1:]:
             # Built outside inference mode so the cached tensor is an ordinary tensor usable
             # under no_grad as well.
             with torch.inference_mode(False), torch.no_grad():
@@ -167,7 +177,7 @@ class Invertible1x1Conv(FlowPart):
 
     def forward(self, x: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
         """y[:, start:] = W x[:, start:]; logdet = N·log|det W| per batch item."""
-        with torch.autocast(x.device.type, enabled=False):
+        with torch.autocast(x.device.type, enabled=False), exact_fp32(x.device):
             w = self._matrix()
             xa = x[:, self.start:].to(w.dtype)
             ya = F.conv1d(xa, w.unsqueeze(-1))
@@ -176,7 +186,7 @@ class Invertible1x1Conv(FlowPart):
 
     def inverse(self, y: Tensor, cond: Tensor) -> Tensor:
         """x[:, start:] = W⁻¹ y[:, start:], in float32 (float64) even under autocast."""
-        with torch.autocast(y.device.type, enabled=False):
+        with torch.autocast(y.device.type, enabled=False), exact_fp32(y.device):
             w_inv = self.inverse_matrix()
             xa = F.conv1d(y[:, self.start:].to(w_inv.dtype), w_inv)
         return _merge(y, self.start, xa)

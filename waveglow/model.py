@@ -49,6 +49,7 @@ norms for synthesis.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -57,7 +58,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from waveglow.conditioner import WN, WNConv1d, pointwise_conv
+from waveglow.conditioner import WN, pointwise_conv
+from waveglow.config import ModelConfig, from_dict, to_dict, validate
 from waveglow.errors import UserError
 from waveglow.flows import (
     AdditiveCoupling,
@@ -68,105 +70,31 @@ from waveglow.flows import (
     Unsqueeze,
     state_dtype,
 )
-
-DEFAULTS: dict[str, Any] = {
-    "name": "waveglow",
-    "n_group": 8,
-    "n_flows": 12,
-    "n_early_every": 4,
-    "n_early_size": 2,
-    "coupling": "affine",
-    "sigma": 1.0,
-    "condition_half": "first",
-    "upsample": "conv_transpose",
-    "upsample_kernel": 1024,
-    "wn": {"n_layers": 8, "n_channels": 256, "kernel_size": 3, "depthwise": False},
-}
+from waveglow.runtime import exact_fp32
 
 
-def _plain(cfg: Any) -> dict[str, Any]:
-    """A Mapping or OmegaConf DictConfig as a plain dict."""
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
-    return {k: (_plain(v) if isinstance(v, Mapping) else v) for k, v in dict(cfg).items()}
-
-
-def resolve_model_config(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
+def resolve_model_config(model_cfg: ModelConfig | Mapping[str, Any]) -> dict[str, Any]:
     """Fill defaults and check a model config.
 
     Args:
-        model_cfg: the `model` config group (dict or DictConfig).
+        model_cfg: the `model` settings: typed, or the plain dict a checkpoint stores (keys it
+            lacks take the defaults of `waveglow.config.ModelConfig`).
 
     Returns:
-        A complete plain dict (the defaults for missing keys).
+        A complete plain dict.
 
     Raises:
-        UserError: a value that cannot describe a model.
+        UserError: an unknown key or a value that cannot describe a model, naming the key.
     """
-    given = _plain(model_cfg)
-    unknown = set(given) - set(DEFAULTS)
-    if unknown:
-        raise UserError(f"model config: unknown keys {sorted(unknown)}; expected a subset of "
-                        f"{sorted(DEFAULTS)}")
-    cfg = {**DEFAULTS, **{k: v for k, v in given.items() if k != "wn"}}
-    wn_given = given.get("wn") or {}
-    unknown = set(wn_given) - set(DEFAULTS["wn"])
-    if unknown:
-        raise UserError(f"model config: unknown keys model.wn.{sorted(unknown)}; expected a subset "
-                        f"of {sorted(DEFAULTS['wn'])}")
-    cfg["wn"] = {**DEFAULTS["wn"], **wn_given}
-
-    def need(ok: bool, what: str) -> None:
-        if not ok:
-            raise UserError(f"model config: {what}")
-
-    def pos_int(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and v > 0
-
-    need(pos_int(cfg["n_group"]) and cfg["n_group"] % 2 == 0,
-         f"n_group must be a positive even integer, got {cfg['n_group']!r}")
-    need(pos_int(cfg["n_flows"]), f"n_flows must be a positive integer, got {cfg['n_flows']!r}")
-    need(pos_int(cfg["n_early_every"]),
-         f"n_early_every must be a positive integer, got {cfg['n_early_every']!r}")
-    need(isinstance(cfg["n_early_size"], int) and cfg["n_early_size"] >= 0
-         and cfg["n_early_size"] % 2 == 0,
-         f"n_early_size must be an even integer >= 0, got {cfg['n_early_size']!r}")
-    need(cfg["coupling"] in ("affine", "additive"),
-         f"coupling must be 'affine' or 'additive', got {cfg['coupling']!r}")
-    need(cfg["condition_half"] in ("first", "alternate"),
-         f"condition_half must be 'first' or 'alternate', got {cfg['condition_half']!r}")
-    need(cfg["upsample"] in ("conv_transpose", "repeat"),
-         f"upsample must be 'conv_transpose' or 'repeat', got {cfg['upsample']!r}")
-    need(pos_int(cfg["upsample_kernel"]),
-         f"upsample_kernel must be a positive integer, got {cfg['upsample_kernel']!r}")
-    need(isinstance(cfg["sigma"], (int, float)) and cfg["sigma"] > 0,
-         f"sigma must be > 0, got {cfg['sigma']!r}")
-    cfg["sigma"] = float(cfg["sigma"])
-    wn = cfg["wn"]
-    need(pos_int(wn["n_layers"]), f"wn.n_layers must be a positive integer, got {wn['n_layers']!r}")
-    need(pos_int(wn["n_channels"]) and wn["n_channels"] % 2 == 0,
-         f"wn.n_channels must be a positive even integer, got {wn['n_channels']!r}")
-    need(pos_int(wn["kernel_size"]) and wn["kernel_size"] % 2 == 1,
-         f"wn.kernel_size must be a positive odd integer, got {wn['kernel_size']!r}")
-    need(isinstance(wn["depthwise"], bool), f"wn.depthwise must be true or false, got {wn['depthwise']!r}")
-    n_exits = (cfg["n_flows"] - 1) // cfg["n_early_every"]
-    remaining = cfg["n_group"] - n_exits * cfg["n_early_size"]
-    need(remaining >= 2,
-         f"n_group={cfg['n_group']} leaves {remaining} channels after {n_exits} early outputs of "
-         f"{cfg['n_early_size']}; at least 2 must remain")
-    return cfg
+    typed = model_cfg if isinstance(model_cfg, ModelConfig) else from_dict(ModelConfig, to_dict(model_cfg), "model")
+    return to_dict(validate(typed, "model"))
 
 
 class WaveGlow(nn.Module):
     """Mel-conditioned WaveGlow flow with an exact log-likelihood.
 
     Args:
-        model_cfg: the `model` config group (keys: see `DEFAULTS` / configs/model/*.yaml).
+        model_cfg: the `model` settings (`waveglow.config.ModelConfig`, or its plain dict).
         n_mels: mel channels of the conditioning.
         hop_length: audio samples per mel frame.
 
@@ -177,7 +105,8 @@ class WaveGlow(nn.Module):
     mel_mean: Tensor
     mel_std: Tensor
 
-    def __init__(self, model_cfg: Mapping[str, Any], n_mels: int = 80, hop_length: int = 256) -> None:
+    def __init__(self, model_cfg: ModelConfig | Mapping[str, Any], n_mels: int = 80, hop_length: int = 256
+                 ) -> None:
         super().__init__()
         cfg = resolve_model_config(model_cfg)
         # model_config: the resolved `model` group. config: the whole run config as plain
@@ -228,11 +157,19 @@ class WaveGlow(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: Any) -> WaveGlow:
-        """Build from a full config with `model` and `audio` groups (dict or DictConfig)."""
+        """Build from a full config with `model` and `audio` groups (typed, or plain dicts)."""
+        cfg = to_dict(cfg)
         audio = cfg["audio"]
         model = cls(cfg["model"], n_mels=int(audio["n_mels"]), hop_length=int(audio["hop_length"]))
-        model.config = _plain(cfg)
+        model.config = cfg
         return model
+
+    def _apply(self, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # .to() / .cuda() / .half(): drop the inference cache instead of keeping a copy on the
+        # old device (the 1×1 convs drop theirs in their own _apply).
+        self._phase_key = None
+        self._phase_cache = None
+        return super()._apply(fn, *args, **kwargs)
 
     # ------------------------------------------------------------------ parts and settings
     def parts(self) -> list[FlowPart]:
@@ -356,11 +293,13 @@ class WaveGlow(nn.Module):
         if torch.is_grad_enabled():
             return build()
         key = (w._version, w.data_ptr(), b._version, b.data_ptr(), w.dtype, w.device)
-        if self._phase_key != key or self._phase_cache is None:
+        fresh = self._phase_key is not None and self._phase_key[0] is w and self._phase_key[1] is b
+        if not fresh or self._phase_key[2:] != key or self._phase_cache is None:
             # An ordinary tensor (not an inference tensor), usable under no_grad as well.
             with torch.inference_mode(False), torch.no_grad():
                 self._phase_cache = build()
-            self._phase_key = key
+            # The parameter objects are part of the key (a replaced one may reuse the memory).
+            self._phase_key = (w, b, *key)
         return self._phase_cache
 
     def _upsample_phases(self, mel: Tensor, length: int) -> Tensor:
@@ -429,6 +368,17 @@ class WaveGlow(nn.Module):
             dict of `forward_with_stats`.
         """
         self._check_pair(audio, mel, "WaveGlow.log_prob")
+        with self._exact():
+            return self._log_prob(audio, mel, return_stats)
+
+    def _exact(self) -> contextlib.AbstractContextManager:
+        """No TF32 anywhere when autograd is off (validation, scoring, encode/decode, synthesis);
+        in training only the 1×1 convs are kept exact (they do that themselves)."""
+        device = self.mel_std.device
+        return exact_fp32(device) if not torch.is_grad_enabled() else contextlib.nullcontext()
+
+    def _log_prob(self, audio: Tensor, mel: Tensor, return_stats: bool
+                  ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
         T = audio.shape[1]
         cond = self.condition(mel, T)
         x = audio.to(self._dtype())
@@ -463,19 +413,21 @@ class WaveGlow(nn.Module):
     def encode(self, audio: Tensor, mel: Tensor) -> Tensor:
         """audio [B, T] -> latent z [B, T] (same layout as the audio)."""
         self._check_pair(audio, mel, "WaveGlow.encode")
-        cond = self.condition(mel, audio.shape[1])
-        x = audio.to(self._dtype())
-        for part in self.flows.values():
-            x = part(x, cond)[0]
+        with self._exact():
+            cond = self.condition(mel, audio.shape[1])
+            x = audio.to(self._dtype())
+            for part in self.flows.values():
+                x = part(x, cond)[0]
         return x
 
     def decode(self, z: Tensor, mel: Tensor) -> Tensor:
         """latent z [B, T] -> audio [B, T] (float32, also under autocast; float64 model: float64)."""
         self._check_pair(z, mel, "WaveGlow.decode")
-        cond = self.condition(mel, z.shape[1])
-        x = z.to(self._dtype())
-        for part in reversed(self.flows.values()):
-            x = part.inverse(x, cond)
+        with self._exact():
+            cond = self.condition(mel, z.shape[1])
+            x = z.to(self._dtype())
+            for part in reversed(self.flows.values()):
+                x = part.inverse(x, cond)
         return x
 
     def infer(self, mel: Tensor, sigma: float = 0.6, generator: torch.Generator | None = None) -> Tensor:
@@ -499,20 +451,3 @@ class WaveGlow(nn.Module):
         z = torch.randn(B, T, generator=generator, device=gen_device, dtype=self._dtype())
         z = z.to(mel.device).mul_(sigma)
         return self.decode(z, mel)
-
-    # ------------------------------------------------------------------ cost
-    def macs_per_sample(self) -> float:
-        """Multiply-accumulates per audio sample of synthesis, counted from the layer shapes."""
-        total = 0.0
-        G = self.n_group
-        if self.upsample is not None:
-            k = self.upsample.kernel_size[0]
-            total += self.n_mels * self.n_mels * k / self.hop_length
-        for m in self.modules():
-            if isinstance(m, Invertible1x1Conv):
-                total += m.channels**2 / G
-            elif isinstance(m, WNConv1d):
-                total += m.out_channels * (m.in_channels // m.groups) * m.kernel_size / G
-            elif isinstance(m, WN):
-                total += m.end.out_channels * m.end.in_channels / G
-        return total

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import random
 import sys
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -109,3 +110,26 @@ def set_deterministic(mode: bool) -> None:
         torch.use_deterministic_algorithms(mode)
     else:
         torch._C._set_deterministic_algorithms(mode)
+
+
+@contextlib.contextmanager
+def exact_fp32(device: torch.device | str) -> Iterator[None]:
+    """float32 kernels without TF32 on CUDA, for the parts whose exactness the likelihood needs.
+
+    With TF32 allowed (Ampere and newer), a "float32" matmul or convolution rounds its inputs to
+    10 mantissa bits (~1e-3 relative): the 1×1 convolution would no longer be the inverse of its
+    inverse and log-likelihoods would be off. The 1×1 convolutions, validation, scoring and
+    encode/decode run inside this context; the conditioner's training convolutions may use TF32.
+    Restores the previous global flags; a no-op on the CPU.
+    """
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+        torch.backends.cudnn.allow_tf32 = cudnn

@@ -215,7 +215,7 @@ def compose(config_name: str, overrides: Sequence[str] = (), config_dirs: Sequen
         config_name: `waveglow_<script>` (a YAML under waveglow/configs/ with a schema in
             `waveglow.config.APPS`).
         overrides: `key=value` settings as given on the command line.
-        config_dirs: the user's extra config folders (searched before the package's).
+        config_dirs: the user's extra config folders (searched after the package's).
         usage: the script's usage line, quoted in "is required" errors.
 
     Returns:
@@ -238,19 +238,19 @@ def compose(config_name: str, overrides: Sequence[str] = (), config_dirs: Sequen
             raise UserError(f"--config-dir {d}: no such folder")
     overrides = _check_overrides(config_name, overrides, dirs)
     C.register_schemas()
-    # The user's folders come first so that their YAMLs can replace the shipped ones.
-    primary, extra = (dirs[0], [*dirs[1:], CONFIG_DIR]) if dirs else (CONFIG_DIR, [])
+    # As Hydra's own --config-dir: the user's folders are searched after the shipped configs, so
+    # they add configs (model=mine) but cannot silently change what a shipped name means.
     args = list(overrides)
-    if extra:
+    if dirs:
         given = [a for a in args if a.startswith("hydra.searchpath=")]
-        paths = [f"file://{p}" for p in extra]
+        paths = [f"file://{p}" for p in dirs]
         if given:
             args.remove(given[0])
             paths = [*OmegaConf.create({"x": given[0].split("=", 1)[1]}).x, *paths]
         args.append("hydra.searchpath=[" + ",".join(f"'{p}'" for p in paths) + "]")
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(primary), version_base="1.3", job_name=config_name):
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name=config_name):
             cfg = hydra_compose(config_name, overrides=args)
     except (HydraException, OmegaConfBaseException, ValueError) as e:
         raise _composition_error(e) from None
