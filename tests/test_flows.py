@@ -244,6 +244,9 @@ def test_pointwise_conv_inference_path_matches_baddbmm(batch, with_bias):
     and operator-level MAC counting must still see it."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from waveglow.bench.cost import register_flop_formulas
+
+    register_flop_formulas()  # before the counter is created: it copies the registry
     torch.manual_seed(7)
     x, w = torch.randn(batch, 24, 37), torch.randn(40, 24, 1)
     bias = torch.randn(40) if with_bias else None

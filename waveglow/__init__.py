@@ -17,7 +17,7 @@ _EXPORTS = {
     "MelSpectrogram": "waveglow.mel",
     "WaveGlow": "waveglow.model",
     "load_model": "waveglow.checkpoint",
-    "Synthesizer": "waveglow.synthesize",
+    "Synthesizer": "waveglow.inference",
     "UserError": "waveglow.errors",
 }
 

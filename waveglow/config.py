@@ -218,9 +218,9 @@ class TrainApp:
 
 @dataclass
 class InferenceSettings:
-    """What synthesis, resynthesis and scoring share: the checkpoint and where it runs."""
+    """What synthesis, resynthesis and scoring share: the checkpoint and where it runs. They have
+    no audio settings of their own: sample rate, hop and mels come from the checkpoint."""
 
-    audio: AudioConfig = field(default_factory=AudioConfig)
     checkpoint: str = setting(MISSING, "a checkpoint of this toolkit (waveglow-train / waveglow-import-nvidia)")
     input: Any = setting(MISSING, "a file, a folder, a glob or a filelist")
     device: str = setting("auto", "auto (CUDA when available) | cpu | cuda | cuda:N")
@@ -441,8 +441,8 @@ def _dataclass_of(f: dataclasses.Field) -> type | None:
         made = f.default_factory()  # type: ignore[misc]
         if dataclasses.is_dataclass(made):
             return type(made)
-    name = str(f.type).replace("Optional[", "").rstrip("]")
-    return globals().get(name) if isinstance(globals().get(name), type) else None
+    found = globals().get(str(f.type).replace("Optional[", "").rstrip("]"))
+    return found if isinstance(found, type) and dataclasses.is_dataclass(found) else None
 
 
 def unknown_key(key: str, known: list[str], nested: list[str] = ()) -> ConfigError:

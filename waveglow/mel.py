@@ -21,6 +21,7 @@ from torch import nn
 
 from waveglow.config import AudioConfig, to_dict
 from waveglow.errors import UserError
+from waveglow.fileio import atomic_write, write_bytes_atomic
 
 MEL_SUFFIXES = (".pt", ".npy")
 
@@ -212,19 +213,17 @@ def save_mel(path: str | os.PathLike, mel: torch.Tensor | np.ndarray) -> Path:
         mel = torch.from_numpy(mel)
     # clone(): torch.save of a view would store the whole underlying storage.
     mel = mel.detach().to("cpu", torch.float32).contiguous().clone()
-    buf = io.BytesIO()
     if suffix == ".pt":
-        torch.save(mel, buf)
+        write_bytes_atomic(path, _pt_bytes(mel))
     else:
-        np.save(buf, mel.numpy(), allow_pickle=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(buf.getvalue())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        atomic_write(path, lambda f: np.save(f, mel.numpy(), allow_pickle=False))
     return path
+
+
+def _pt_bytes(mel: torch.Tensor) -> bytes:
+    buf = io.BytesIO()
+    torch.save(mel, buf)
+    return buf.getvalue()
 
 
 class MelStats:

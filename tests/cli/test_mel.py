@@ -11,7 +11,7 @@ import torch
 import yaml
 from conftest import run_cli
 
-from waveglow.audio import load_audio
+from waveglow.data.audio import load_audio
 from waveglow.mel import MelSpectrogram
 
 
@@ -19,13 +19,13 @@ def test_single_file_matches_the_frontend_and_is_deterministic(demo_root: Path, 
     wav = sorted((demo_root / "wavs").glob("*.wav"))[1]
     out = tmp_path / "mels"
     proc = run_cli("waveglow-mel", f"input={wav}", f"output_dir={out}")
-    assert "wrote 1 mel files" in proc.stdout and "x real time" in proc.stdout
+    assert "wrote 1 mel file " in proc.stdout and "x real time" in proc.stdout
     mel = torch.load(out / f"{wav.stem}.pt", weights_only=True)
     assert type(mel) is torch.Tensor and mel.dtype == torch.float32
     audio = load_audio(wav, 22050)
     assert mel.shape == (80, 1 + audio.size // 256)
     assert torch.equal(mel, MelSpectrogram()(torch.from_numpy(audio)))  # no dither by default
-    config = yaml.safe_load((out / "config.yaml").read_text())
+    config = yaml.safe_load((out / "mel.config.yaml").read_text())
     assert config["audio"]["n_mels"] == 80 and config["input"] == str(wav) and config["dither"] == 0.0
 
 
@@ -39,14 +39,18 @@ def test_filelist_input_with_stereo_flac_at_another_rate(demo_root: Path, tmp_pa
     filelist.write_text(f"# comment\n{wavs[1]}|some text\n\n../stereo.flac\n")
     run_cli("waveglow-mel", f"input={filelist}", f"output_dir={tmp_path / 'out'}", "format=npy")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
-        [f"{wavs[1].stem}.npy", "stereo.npy", "config.yaml"])
+        [f"{wavs[1].stem}.npy", "stereo.npy", "mel.config.yaml"])
     stereo = np.load(tmp_path / "out" / "stereo.npy")
     assert stereo.dtype == np.float32 and stereo.shape == (80, 1 + int(np.ceil(x.size * 22050 / 44100)) // 256)
 
 
 def test_folder_expansion_keeps_layout(tmp_path: Path) -> None:
-    from waveglow.cli.mel import collect_inputs
+    from waveglow.data.audio import AUDIO_SUFFIXES
+    from waveglow.data.inputs import resolve_inputs
     from waveglow.errors import UserError
+
+    def collect_inputs(spec: str) -> list:
+        return resolve_inputs(spec, AUDIO_SUFFIXES)
 
     for rel in ["a.wav", "sub/b.flac", ".hidden/c.wav", "notes.txt"]:
         (tmp_path / "in" / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -53,5 +53,5 @@ def test_missing_corpus_is_a_one_line_error(tmp_path: Path) -> None:
     proc = run_cli("waveglow-preprocess", "data=ljspeech", f"data.root={tmp_path / 'LJSpeech-1.1'}", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     line = proc.stderr.strip().splitlines()[-1]
-    assert line.startswith("error: ") and "LJSpeech-1.1: corpus directory not found" in line
+    assert line.startswith("error: ") and "LJSpeech-1.1: corpus folder not found" in line
     assert "metadata.csv" in line and "wavs/" in line

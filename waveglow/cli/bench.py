@@ -10,7 +10,7 @@ import re
 import sys
 
 from waveglow import bench
-from waveglow.cli.common import CONFIG_DIR, Script, app, log, save_config_beside
+from waveglow.cli.common import Script, app, log, save_config_beside
 from waveglow.config import BenchApp, to_dict
 from waveglow.errors import UserError
 from waveglow.fileio import write_text_atomic
@@ -53,17 +53,17 @@ def _bench(cfg: BenchApp) -> None:
     common = dict(
         repeats=cfg.repeats, threads=cfg.threads, sigma=cfg.sigma, seed=cfg.seed,
         audio=to_dict(cfg.audio), segment_length=cfg.segment_length, lr=cfg.lr, corpus=cfg.corpus,
-        config_dir=str(CONFIG_DIR), peak=to_dict(cfg.peak), snr=cfg.snr, engine=cfg.engine,
+        peak=to_dict(cfg.peak), snr=cfg.snr, engine=cfg.engine,
         clock=cfg.clock,
     )
     cases = list(bench.plan_cases(
         models=list(cfg.models), tasks=list(cfg.tasks), precisions=list(cfg.precision),
-        seconds=list(cfg.seconds), batches=[None] if cfg.batch is None else list(cfg.batch),
+        seconds=list(cfg.seconds), batches=cfg.batch,
         device=cfg.device, warmup=cfg.warmup, **common,
     ))
     bench.check_device(cfg.device, cfg.clock)
     for spec in {case.model for case in cases if case.task != "preprocess"}:
-        bench.check_model_spec(spec, CONFIG_DIR)
+        bench.check_model_spec(spec)
     log.info(bench.machine_description(cfg.threads))
     rows = []
     for i, case in enumerate(cases, 1):

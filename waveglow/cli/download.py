@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from waveglow.cli.common import Script, app
 from waveglow.config import DownloadApp
-from waveglow.download import download_corpus
+from waveglow.data.download import download_corpus
 
 SCRIPT = Script(
     name="waveglow-download", config="waveglow_download",

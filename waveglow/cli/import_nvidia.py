@@ -12,7 +12,7 @@ from waveglow.cli.common import Script, app, resolved_yaml
 from waveglow.config import ImportNvidiaApp, to_dict
 from waveglow.errors import UserError
 from waveglow.fileio import write_text_atomic
-from waveglow.nvidia import import_nvidia
+from waveglow.interop import import_nvidia
 
 SCRIPT = Script(
     name="waveglow-import-nvidia", config="waveglow_import_nvidia",

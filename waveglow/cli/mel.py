@@ -10,64 +10,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from waveglow.audio import dither, load_audio, warn_once_per_rate
 from waveglow.cli.common import Script, app, save_config_beside
 from waveglow.config import MelApp
-from waveglow.data import OTHER_AUDIO_SUFFIXES
+from waveglow.data.audio import AUDIO_SUFFIXES, dither, load_audio, warn_once_per_rate
+from waveglow.data.inputs import resolve_inputs
 from waveglow.errors import UserError, naming
 from waveglow.mel import MelSpectrogram, save_mel
 
 log = logging.getLogger("waveglow.mel")
-
-AUDIO_SUFFIXES = (".wav", ".flac")
-
-
-def collect_inputs(spec: str) -> list[tuple[Path, Path]]:
-    """Expand `input=` into (audio file, output path without suffix relative to output_dir).
-
-    Args:
-        spec: a .wav/.flac file, a folder (recursive; the layout below it is kept), or a text
-            filelist with one path per line (`path|text` lines use the path; `#` comments).
-
-    Returns:
-        Pairs in input order (folders: sorted).
-    """
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES
-                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
-        if not files:
-            raise UserError(f"{path}: no .wav/.flac files in this folder")
-        return [(p, p.relative_to(path).with_suffix("")) for p in files]
-    if not path.is_file():
-        raise UserError(f"{path}: no such file or folder; expected input=<.wav/.flac file | folder | filelist>")
-    suffix = path.suffix.lower()
-    if suffix in AUDIO_SUFFIXES:
-        return [(path, Path(path.stem))]
-    if suffix in OTHER_AUDIO_SUFFIXES:
-        raise UserError(f"{path}: unsupported audio type {path.suffix!r}; expected .wav or .flac")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (UnicodeDecodeError, OSError):
-        raise UserError(f"{path}: neither a .wav/.flac file nor a text filelist (one audio path per line)") from None
-    pairs: list[tuple[Path, Path]] = []
-    owner: dict[str, Path] = {}
-    for line in lines:
-        entry = line.split("|", 1)[0].strip()
-        if not entry or entry.startswith("#"):
-            continue
-        audio = Path(entry).expanduser()
-        if not audio.is_absolute() and not audio.exists() and (path.parent / audio).exists():
-            audio = path.parent / audio
-        if audio.stem in owner:
-            raise UserError(f"{path}: {owner[audio.stem]} and {audio} would both be written as {audio.stem}.*; "
-                            "give the files distinct names")
-        owner[audio.stem] = audio
-        pairs.append((audio, Path(audio.stem)))
-    if not pairs:
-        raise UserError(f"{path}: empty filelist; expected one audio path per line")
-    return pairs
-
 
 SCRIPT = Script(
     name="waveglow-mel", config="waveglow_mel",
@@ -83,7 +33,7 @@ SCRIPT = Script(
 def main(cfg: MelApp) -> None:
     """Write one mel file per input audio file (no dither unless asked: deterministic output)."""
     fmt = cfg.format
-    inputs = collect_inputs(str(cfg.input))
+    inputs = resolve_inputs(cfg.input, AUDIO_SUFFIXES)
     out_dir = Path(str(cfg.output_dir)).expanduser()
     sr = int(cfg.audio.sampling_rate)
     mel_fn: MelSpectrogram | None = None  # built on first use: a bad input fails without the slow import
@@ -100,7 +50,7 @@ def main(cfg: MelApp) -> None:
             mel_fn = mel_fn or MelSpectrogram.from_config(cfg.audio)
             with torch.inference_mode():
                 mel = mel_fn(dither(audio, lsb, generator))
-            target = out_dir / rel.with_suffix(f".{fmt}")
+            target = out_dir / rel.with_suffix(f".{fmt}")  # folder inputs keep their layout
             try:
                 save_mel(target, mel)
             except OSError as e:

@@ -12,7 +12,7 @@ import logging
 from waveglow.cli.common import Script, app, save_config_beside
 from waveglow.cli.synthesize import input_spec, make_synthesizer, report_failures
 from waveglow.config import ResynthesizeApp
-from waveglow.synthesize import resynthesize
+from waveglow.inference import resynthesize
 
 log = logging.getLogger("waveglow.resynthesize")
 

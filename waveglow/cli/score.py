@@ -16,7 +16,7 @@ from waveglow.cli.common import Script, app, save_config_beside
 from waveglow.cli.synthesize import input_spec, make_synthesizer, report_failures
 from waveglow.config import ScoreApp
 from waveglow.errors import UserError
-from waveglow.score import Scorer, format_regions, write_scores
+from waveglow.inference import Scorer, format_regions, write_scores
 
 log = logging.getLogger("waveglow.score")
 

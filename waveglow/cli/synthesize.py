@@ -12,7 +12,7 @@ from typing import Any
 
 from waveglow.cli.common import Script, app, save_config_beside
 from waveglow.config import InferenceSettings, SynthesizeApp
-from waveglow.synthesize import Synthesizer
+from waveglow.inference import Synthesizer
 
 log = logging.getLogger("waveglow.synthesize")
 
