@@ -124,7 +124,7 @@ def test_help_is_the_scripts_own(script: str, tmp_path: Path) -> None:
     own = [f.name for f in dataclasses.fields(app)]
     for name in own:
         if name not in C.GROUPS:
-            assert f"  {name}=" in text, name
+            assert f"  {name}=" in text or f"  {name}." in text, name
     for group in ("data", "model", "train"):
         assert (f"\n{group} settings" in text) == (group in own), group
     required = [f.name for f in dataclasses.fields(app) if f.default == C.MISSING]
