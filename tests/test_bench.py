@@ -12,8 +12,12 @@ import yaml
 
 from tests.conftest import REPO, run_cli
 from waveglow import bench
+from waveglow.bench import cases
+from waveglow.checkpoint import build_checkpoint, build_model, save_checkpoint
 from waveglow.cli.bench import rewrite_argv
+from waveglow.config import ModelConfig, from_dict, to_dict
 from waveglow.errors import UserError
+from waveglow.train.step import Stepper
 
 AUDIO = {"sampling_rate": 22050, "n_fft": 1024, "hop_length": 256, "win_length": 1024,
          "n_mels": 80, "fmin": 0.0, "fmax": 8000.0, "log_clamp": 1e-5}
@@ -49,6 +53,7 @@ def _repo_model_configs() -> dict[str, dict]:
     out = {}
     for path in sorted((REPO / "waveglow" / "configs" / "model").glob("*.yaml")):
         cfg = yaml.safe_load(path.read_text())
+        cfg.pop("defaults", None)  # Hydra's composition list
         if cfg.get("wn", {}).get("n_channels", 256) <= 128:
             out[path.stem] = cfg
     return out
@@ -62,16 +67,15 @@ def test_analytic_macs_match_counted_operators(name: str, model_cfg: dict) -> No
     length (its kernel overhangs the last frame by kernel/hop - 1 frames, then the output is
     cut), so its count may exceed the analytic one by at most that overhang.
     """
-    from waveglow.model import WaveGlow
-
-    model = WaveGlow(model_cfg, n_mels=80, hop_length=256).eval()
+    typed = from_dict(ModelConfig, model_cfg)
+    model = build_model({"model": to_dict(typed), "audio": AUDIO}).eval()
     model.remove_weight_norm()
     frames = 6
     mel = torch.randn(1, 80, frames)
     with torch.inference_mode():
         traced = bench.count_macs_traced(lambda: model.infer(mel))
         traced_cond = bench.count_macs_traced(lambda: model.condition(mel, 256 * frames))
-    parts = bench.count_macs(model_cfg, 80, 256, 22050, seconds=256 * frames / 22050)
+    parts = bench.count_macs(typed, 80, 256, 22050, seconds=256 * frames / 22050)
     assert parts["total"] - parts["upsample"] == pytest.approx(traced - traced_cond, rel=1e-9), name
     overhang = math.ceil(model_cfg.get("upsample_kernel", 1024) / 256) - 1
     assert parts["upsample"] <= traced_cond <= parts["upsample"] * (frames + overhang) / frames
@@ -80,16 +84,37 @@ def test_analytic_macs_match_counted_operators(name: str, model_cfg: dict) -> No
 def test_analytic_macs_of_the_reference_size() -> None:
     """The 256-channel reference costs about 223 GMAC per second of 22.05 kHz audio."""
     cfg = yaml.safe_load((REPO / "waveglow" / "configs" / "model" / "waveglow_256.yaml").read_text())
-    parts = bench.count_macs(cfg)
+    cfg.pop("defaults", None)
+    parts = bench.count_macs(from_dict(ModelConfig, cfg))
     assert 218e9 < parts["total"] < 228e9
     assert parts["total"] == pytest.approx(sum(v for k, v in parts.items() if k != "total"))
 
 
+@pytest.mark.parametrize("name", [n for n, c in SMALL_CONFIGS.items() if not c["wn"].get("depthwise")])
+def test_macs_per_sample_of_a_built_model_matches_the_config_count(name: str) -> None:
+    """macs_per_sample (from the modules) × sampling rate == count_macs (from the settings)."""
+    typed = from_dict(ModelConfig, SMALL_CONFIGS[name])
+    model = build_model({"model": to_dict(typed), "audio": AUDIO})
+    assert bench.macs_per_sample(model) * 22050 == pytest.approx(bench.count_macs(typed)["total"], rel=1e-9)
+
+
+def test_model_names_resolve_in_the_package_configs(tmp_path: Path) -> None:
+    bench.check_model_spec("tiny")  # waveglow/configs/model/tiny.yaml, found without the CLI
+    with pytest.raises(UserError, match=r"model=no_such_model: expected a config name \(.*tiny"):
+        bench.check_model_spec("no_such_model")
+    with pytest.raises(UserError, match="checkpoint not found"):
+        bench.check_model_spec(str(tmp_path / "missing.pt"))
+    _write_model_config(tmp_path, "small", SMALL_CONFIGS["affine"])
+    bench.check_model_spec("small", tmp_path)
+    with pytest.raises(UserError, match="model=tiny"):
+        bench.check_model_spec("tiny", tmp_path)
+
+
 def test_rewrite_argv_turns_model_and_comma_lists_into_hydra_lists() -> None:
     assert rewrite_argv(["model=tiny,squeeze", "seconds=1,5", "precision=bf16"]) == [
-        "models=[tiny,squeeze]", "seconds=[1,5]", "precision=bf16"]
+        "models=[tiny,squeeze]", "seconds=[1,5]", "precision=[bf16]"]
     assert rewrite_argv(["model=runs/a/best.pt", "tasks=[train]", "data.root=x"]) == [
-        "models=runs/a/best.pt", "tasks=[train]", "data.root=x"]
+        "models=[runs/a/best.pt]", "tasks=[train]", "data.root=x"]
 
 
 def test_plan_cases_runs_preprocess_once_and_rejects_unknown_values() -> None:
@@ -100,6 +125,8 @@ def test_plan_cases_runs_preprocess_once_and_rejects_unknown_values() -> None:
     assert sum(c.task == "synthesis" for c in cases) == 2 * 2 * 2
     assert {c.batch for c in cases if c.task == "train"} == {2}
     assert {c.warmup for c in cases if c.task == "train"} == {1}
+    assert cases == list(bench.plan_cases(["a", "b"], ["synthesis", "train", "preprocess"],
+                                          ["fp32", "bf16"], [1.0, 5.0], None, "cpu"))
     with pytest.raises(UserError, match="tasks=bogus"):
         list(bench.plan_cases(["a"], ["bogus"], ["fp32"], [1.0], [], "cpu"))
     with pytest.raises(UserError, match="precision=fp8"):
@@ -154,7 +181,7 @@ def test_cli_tiny_emits_one_well_formed_line_per_case(tmp_path: Path) -> None:
     assert "kHz" in proc.stderr and "% peak" in proc.stderr  # the table
     saved = [json.loads(line) for line in (tmp_path / "bench.jsonl").read_text().splitlines()]
     assert saved == rows
-    assert (tmp_path / "config.yaml").is_file() and (tmp_path / "table.txt").is_file()
+    assert (tmp_path / "bench.config.yaml").is_file() and (tmp_path / "table.txt").is_file()
 
 
 def test_cli_unknown_model_is_a_one_line_error() -> None:
@@ -179,21 +206,43 @@ def test_bf16_synthesis_reports_snr_against_fp32(tmp_path: Path, one_thread: int
     assert 10 < row["snr_db_vs_fp32"] < 200
 
 
+def test_synthesizer_engine_times_from_mel(tmp_path: Path, one_thread: int) -> None:
+    _write_model_config(tmp_path, "small", SMALL_CONFIGS["affine"])
+    case = bench.Case(task="synthesis", model="small", seconds=0.1, repeats=2, warmup=1,
+                      audio=AUDIO, config_dir=str(tmp_path), measure_peak=False,
+                      engine="synthesizer", threads=one_thread)
+    row = bench.run_case(case)
+    assert row["engine"] == "synthesizer" and row["khz"] > 0 and row["gmac_per_audio_second"] > 0
+
+
 def test_checkpoint_path_as_model(tmp_path: Path, one_thread: int) -> None:
     """model=<checkpoint> builds the model from the config stored in the checkpoint."""
-    from waveglow.checkpoint import FORMAT_VERSION, save_checkpoint
-    from waveglow.model import WaveGlow
-
-    config = {"audio": AUDIO, "model": SMALL_CONFIGS["affine"]}
-    model = WaveGlow.from_config(config)
-    path = save_checkpoint(tmp_path / "run" / "best.pt",
-                           {"format_version": FORMAT_VERSION, "model": model.state_dict(),
-                            "config": config, "step": 0})
+    config = {"audio": AUDIO, "model": to_dict(from_dict(ModelConfig, SMALL_CONFIGS["affine"]))}
+    path = save_checkpoint(tmp_path / "run" / "best.pt", build_checkpoint(build_model(config), config))
     case = bench.Case(task="train", model=str(path), batch=1, segment_length=1024, repeats=2,
                       warmup=1, audio={}, peak=FAST_PEAK, measure_peak=False, threads=one_thread)
     row = bench.run_case(case)
     assert row["weights"] == "checkpoint" and row["machine_peak_gmacs"] is None
     assert row["samples_per_sec"] > 0 and row["peak_mem_mib"] > 0
+
+
+def test_train_case_times_the_trainers_step(tmp_path: Path, one_thread: int, monkeypatch) -> None:
+    """The train case runs `waveglow.train.step.Stepper`, warmup + repeats times."""
+    calls = []
+
+    class Counting(Stepper):
+        def __call__(self, audio, mel, lr, **kw):
+            calls.append((tuple(audio.shape), lr, self.grad_clip, self.scaler))
+            return super().__call__(audio, mel, lr, **kw)
+
+    monkeypatch.setattr(cases, "Stepper", Counting)
+    _write_model_config(tmp_path, "small", SMALL_CONFIGS["affine"])
+    case = bench.Case(task="train", model="small", batch=2, segment_length=1030, repeats=2,
+                      warmup=1, audio=AUDIO, config_dir=str(tmp_path), measure_peak=False,
+                      threads=one_thread, lr=3e-4)
+    row = bench.run_case(case)
+    assert calls == [((2, 1024), 3e-4, 100.0, None)] * 3
+    assert row["samples_per_sec"] > 0 and row["audio_seconds"] == pytest.approx(2 * 1024 / 22050)
 
 
 @pytest.mark.cuda
@@ -204,3 +253,23 @@ def test_cuda_synthesis_reports_max_allocated(tmp_path: Path) -> None:
                       repeats=2, warmup=1, audio=AUDIO, config_dir=str(tmp_path), peak=FAST_PEAK)
     row = bench.run_case(case)
     assert row["device"] == "cuda" and row["khz"] > 0 and 0 < row["peak_mem_mib"] < 4096
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_fp16_train_case_runs_the_step_with_a_grad_scaler(tmp_path: Path, monkeypatch) -> None:
+    scalers = []
+
+    class Recording(Stepper):
+        def __call__(self, audio, mel, lr, **kw):
+            scalers.append(self.scaler)
+            return super().__call__(audio, mel, lr, **kw)
+
+    monkeypatch.setattr(cases, "Stepper", Recording)
+    _write_model_config(tmp_path, "small", SMALL_CONFIGS["affine"])
+    case = bench.Case(task="train", model="small", device="cuda", precision="fp16", batch=2,
+                      segment_length=2048, repeats=2, warmup=1, audio=AUDIO,
+                      config_dir=str(tmp_path), peak=FAST_PEAK)
+    row = bench.run_case(case)
+    assert scalers and all(isinstance(s, torch.amp.GradScaler) for s in scalers)
+    assert row["samples_per_sec"] > 0 and 0 < row["peak_mem_mib"] < 4096

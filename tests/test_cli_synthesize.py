@@ -15,7 +15,7 @@ from conftest import run_cli
 from test_synthesize import HOP, active_model, write_bad_inputs
 
 from waveglow.checkpoint import FORMAT_VERSION, save_checkpoint
-from waveglow.synthesize import Synthesizer
+from waveglow.inference import Synthesizer
 
 CLIPS = ("DEMO001-0001", "DEMO001-0003", "DEMO001-0005")
 # A tiny model's tensors are too small for a second intra-op thread to pay off; on a busy machine
@@ -53,7 +53,7 @@ def test_synthesize_mel_files(workdir):
     summary = proc.stdout.strip().splitlines()[-1]
     assert "synthesized 3 files" in summary and "real-time factor" in summary and "kHz" in summary
     assert "clipped samples" in summary
-    assert (out / "config.yaml").exists()
+    assert (out / "synthesize.config.yaml").exists()  # the resolved config, beside the WAVs
     synth = Synthesizer(ckpt, device="cpu")
     for clip in CLIPS:
         mel = torch.load(mels / f"{clip}.pt", weights_only=True)

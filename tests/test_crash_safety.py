@@ -8,9 +8,9 @@
 * A checkpoint write that fails (file size limit standing in for a full disk; a read-only
   checkpoints directory) stops training with one clear line and leaves last.pt intact.
 
-Test hook used here: WAVEGLOW_TEST_SLOW_SAVE=<seconds> (see waveglow.train) pauses each
-checkpoint write halfway through its temp file and prints `checkpoint write in progress`.
-The kill points are random; WAVEGLOW_KILL_SEED=<int> replays a particular sequence.
+Kills during a write run tests/train_slow_save.py: `train` with a TrainHooks.write_checkpoint
+that pauses each checkpoint write halfway through its temp file and prints `checkpoint write
+in progress`. The kill points are random; WAVEGLOW_KILL_SEED=<int> replays a particular sequence.
 """
 
 from __future__ import annotations
@@ -30,15 +30,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import copy_demo_corpus, flat
+from conftest import compose, copy_demo_corpus, flat
 from conftest import load_state as load
-from hydra import compose, initialize_config_dir
 
 from waveglow.checkpoint import load_checkpoint
-from waveglow.cli.common import CONFIG_DIR
+from waveglow.data import load_stats
 from waveglow.train import TrainHooks, TrainingError, train
 
 REPO = Path(__file__).resolve().parents[1]
+SLOW_SAVE = Path(__file__).resolve().parent / "train_slow_save.py"
 BIN = Path(sys.executable).parent
 KILL_SEED = int(os.environ.get("WAVEGLOW_KILL_SEED", "1234"))
 
@@ -56,22 +56,16 @@ def overrides(root: Path, run_dir: Path, *extra: str) -> list[str]:
 
 def reference(root: Path, run_dir: Path, *extra: str) -> dict:
     """Uninterrupted in-process run; returns its last.pt."""
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("waveglow_train", overrides=overrides(root, run_dir, *extra))
+    cfg = compose("waveglow_train", *overrides(root, run_dir, *extra))
     assert train(cfg).exit_code == 0
     return load(run_dir / "checkpoints/last.pt")
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, demo_root) -> Path:
-    from waveglow.data import load_stats
-
     root = copy_demo_corpus(demo_root, tmp_path_factory.mktemp("crash") / "corpus")
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        load_stats(compose("waveglow_train", overrides=overrides(root, root / "x")), progress=False)
+    load_stats(compose("waveglow_train", *overrides(root, root / "x")), progress=False)
     return root
-
-
 
 
 def assert_same_state(a: dict, b: dict, context: str = "") -> None:
@@ -96,11 +90,17 @@ def assert_checkpoints_readable(run_dir: Path) -> list[int]:
 
 
 class Run:
-    """`waveglow-train` in a subprocess, its merged output read line by line."""
+    """`waveglow-train` in a subprocess, its merged output read line by line.
 
-    def __init__(self, args: list[str], env: dict | None = None, preexec_fn=None) -> None:
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
-        self.proc = subprocess.Popen([str(BIN / "waveglow-train"), *args], stdout=subprocess.PIPE,
+    With `slow_save` (seconds), tests/train_slow_save.py instead: each checkpoint write pauses
+    halfway through its temp file.
+    """
+
+    def __init__(self, args: list[str], slow_save: float | None = None, preexec_fn=None) -> None:
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+        command = ([sys.executable, str(SLOW_SAVE), str(slow_save)] if slow_save is not None
+                   else [str(BIN / "waveglow-train")])
+        self.proc = subprocess.Popen([*command, *args], stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, bufsize=1, env=full_env,
                                      cwd=REPO, preexec_fn=preexec_fn)
         self.lines: list[str] = []
@@ -166,7 +166,7 @@ def kill_and_resume(corpus: Path, tmp_path: Path, n_steps: int, n_random: int, s
     done: list[str] = []
     for when in ("first write", "later write")[0 if first_write else 1:]:
         start = last_step(run_dir)
-        run = Run(args, env={"WAVEGLOW_TEST_SLOW_SAVE": "0.5"})
+        run = Run(args, slow_save=0.5)
         if when == "later write":
             assert run.wait_for(r"^step \d+/") is not None, run.output
         assert run.wait_for("checkpoint write in progress") is not None, run.output
@@ -233,8 +233,7 @@ def test_sigint_in_process_writes_last_pt_and_resumes_exactly(corpus, tmp_path):
     # shell ignores SIGINT; Python's default_int_handler otherwise): training must restore it.
     handler_before = signal.getsignal(signal.SIGINT)
 
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("waveglow_train", overrides=overrides(corpus, tmp_path / "run", "train.max_steps=6"))
+    cfg = compose("waveglow_train", *overrides(corpus, tmp_path / "run", "train.max_steps=6"))
     result = train(cfg, TrainHooks(before_step=interrupt))
     assert result.exit_code == 130 and result.step == 3
     assert load(tmp_path / "run/checkpoints/last.pt")["step"] == 3
@@ -266,8 +265,7 @@ def test_disk_full_during_checkpoint_write_keeps_last_pt(corpus, tmp_path):
     """In process, a file-size limit below a checkpoint's size: the write fails halfway through
     with EFBIG, as it would with ENOSPC on a full disk."""
     run_dir, before = _prepared_run(corpus, tmp_path)
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("waveglow_train", overrides=overrides(corpus, run_dir, "train.max_steps=8"))
+    cfg = compose("waveglow_train", *overrides(corpus, run_dir, "train.max_steps=8"))
     old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of dying
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (before["size"] // 2, hard))

@@ -9,8 +9,8 @@ from torch.autograd.functional import jacobian
 from waveglow.conditioner import WN, WNConv1d, _depthwise_shifted, pointwise_conv
 from waveglow.flows import (
     AdditiveCoupling,
-    FlowPart,
     AffineCoupling,
+    FlowPart,
     Invertible1x1Conv,
     Squeeze,
     Unsqueeze,

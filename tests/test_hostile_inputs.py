@@ -609,7 +609,9 @@ def b_ckpt_is_a_wav(d: Path, s: Shared) -> Plan:
 
 def b_ckpt_is_text(d: Path, s: Shared) -> Plan:
     text = write_bytes(d / "notes.pt", b"just some notes, not a checkpoint\n" * 20)
-    return score_error(d, s.wav, r"not a checkpoint", ckpt=text)
+    plan = score_error(d, s.wav, r"not a checkpoint", ckpt=text)
+    plan.names = [str(text)]
+    return plan
 
 
 def b_ckpt_is_empty(d: Path, s: Shared) -> Plan:

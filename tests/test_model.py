@@ -8,7 +8,6 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import compose, model_config
 from torch.autograd.functional import jacobian
 
@@ -16,7 +15,6 @@ from waveglow.conditioner import WN
 from waveglow.errors import UserError
 from waveglow.flows import Invertible1x1Conv
 from waveglow.model import WaveGlow
-
 
 N_MELS, HOP = 5, 16
 

@@ -32,8 +32,10 @@ from nvidia_reference import (
 )
 
 from waveglow.checkpoint import load_checkpoint, load_model
+from waveglow.config import AudioConfig, to_dict
 from waveglow.errors import UserError
-from waveglow.nvidia import InertObject, import_nvidia, read_pickle
+from waveglow.inference.synthesizer import Synthesizer
+from waveglow.interop import InertObject, import_nvidia, read_pickle
 
 B, T, FRAMES = 2, 2048, 9  # T = 8 frames of audio; one spare frame, cut like the reference
 
@@ -132,6 +134,16 @@ def test_import_reproduces_reference_log_prob(case):
     assert audio_cfg["n_mels"] == case.mel.shape[1] and audio_cfg["hop_length"] == 256
 
 
+def test_audio_settings_typed_or_default(legacy_case, tmp_path):
+    """Default audio = AudioConfig(); a typed AudioConfig is kept; n_mels comes from the weights."""
+    default = import_nvidia(legacy_case.path, tmp_path / "a.pt")["config"]["audio"]
+    assert default == {**to_dict(AudioConfig()), "n_mels": legacy_case.mel.shape[1]}
+    typed = import_nvidia(legacy_case.path, tmp_path / "b.pt",
+                          audio=AudioConfig(sampling_rate=16000, fmax=7000.0))["config"]["audio"]
+    assert typed["sampling_rate"] == 16000 and typed["fmax"] == 7000.0
+    assert typed["n_mels"] == legacy_case.mel.shape[1]
+
+
 def test_wrong_layout_is_detectably_wrong(legacy_case, tmp_path):
     """Control: the comparison is sharp enough to catch a layout mistake (no alternation)."""
     out = tmp_path / "wrong.pt"
@@ -165,8 +177,6 @@ def test_nothing_from_nvidia_is_imported(case):
 
 def test_synthesizer_runs_on_imported_checkpoint(legacy_case):
     case = legacy_case
-    from waveglow.synthesize import Synthesizer
-
     synth = Synthesizer(case.out, device="cpu")
     audio = synth.from_mel(case.mel[0], sigma=0.0)
     assert audio.shape == (256 * FRAMES,)
@@ -336,7 +346,7 @@ def test_stream_storage_larger_than_file_is_refused(tmp_path):
 
 def test_pickle_cannot_modify_allowed_functions(tmp_path):
     """BUILD aimed at an allowed callable (to set e.g. its __defaults__) is refused."""
-    import waveglow.nvidia as nv
+    import waveglow.interop.pickle_reader as nv
 
     key = b"__defaults__"
     evil = (b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n"  # GLOBAL (allowed)

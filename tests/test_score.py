@@ -14,16 +14,16 @@ from conftest import run_cli
 from test_synthesize import tiny_config
 
 from waveglow.checkpoint import FORMAT_VERSION, build_model, save_checkpoint
-from waveglow.mel import MelSpectrogram
-from waveglow.score import (
+from waveglow.inference import (
     Scorer,
+    Synthesizer,
     frame_means,
     per_sample_log_likelihood,
     robust_z,
     suspect_regions,
     write_scores,
 )
-from waveglow.synthesize import Synthesizer
+from waveglow.mel import MelSpectrogram
 
 SR, HOP = 22050, 256
 TEST_CLIP = "DEMO001-0001"  # held out from the brief training below
@@ -172,7 +172,7 @@ def test_score_cli_writes_json_and_csv(trained, demo_root, tmp_path):
     assert not any(r["start_s"] <= CLICK_S <= r["end_s"] for r in by_name["clean.wav"]["regions"])
     assert clicked["nats_per_sample"] < by_name["clean.wav"]["nats_per_sample"]
     assert len(clicked["frame_nats"]) == 1 + clean.numel() // HOP
-    assert doc["unit"] == "nats per sample" and (out.parent / "config.yaml").exists()
+    assert doc["unit"] == "nats per sample" and (out.parent / "scores.config.yaml").exists()
     # CSV: one row per file plus a per-frame table (written in process from the same scores).
     scores = [Scorer(Synthesizer(ckpt, device="cpu")).score_audio(clean, "clean.wav")]
     written = write_scores(tmp_path / "s.csv", scores, [], {"hop_length": HOP, "sampling_rate": SR,

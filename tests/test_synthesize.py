@@ -1,5 +1,5 @@
 """Synthesizer: output length, exact batching and chunking, noise determinism, bf16 on CPU,
-the bias denoiser, input resolution, and bad inputs (in process; the CLI runs are in
+the bias denoiser and bad inputs (in process; the CLI runs are in
 test_cli_synthesize.py)."""
 
 from __future__ import annotations
@@ -12,20 +12,19 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-import yaml
+from conftest import compose
 
 from waveglow.checkpoint import FORMAT_VERSION, build_model, save_checkpoint
+from waveglow.config import to_dict
 from waveglow.errors import UserError
-from waveglow.metrics import snr_db
-from waveglow.synthesize import (
+from waveglow.inference import (
     Synthesizer,
     noise_seed,
     plan_pieces,
     receptive_field_frames,
-    resolve_inputs,
 )
+from waveglow.inference.metrics import snr_db
 
-REPO = Path(__file__).resolve().parents[1]
 HOP = 256
 
 
@@ -34,10 +33,10 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny_config() -> dict:
-    """The resolved config of a `tiny` model with the default audio settings."""
-    audio = yaml.safe_load((REPO / "waveglow/configs/audio/default.yaml").read_text())
-    model = yaml.safe_load((REPO / "waveglow/configs/model/tiny.yaml").read_text())
-    return {"audio": audio, "model": model}
+    """The resolved config of a `tiny` model with the default audio settings (plain dicts, as a
+    checkpoint stores them)."""
+    cfg = compose("waveglow_train", "model=tiny", "data=demo")
+    return {"audio": to_dict(cfg.audio), "model": to_dict(cfg.model)}
 
 
 def active_model(seed: int = 0):
@@ -149,18 +148,6 @@ def test_chunked_close_to_unchunked(setup):
     assert torch.isfinite(approx).all() and snr_db(ref, approx) > 10
 
 
-def test_plan_pieces_tiles_the_input():
-    for F, chunk, overlap, fade in ((10, 20, 3, 4), (100, 24, 5, 4), (1000, 64, 0, 0), (65, 64, 9, 2)):
-        pieces = plan_pieces(0, F, chunk, overlap, fade)
-        cover = torch.zeros(F)
-        for p in pieces:
-            assert 0 <= p.start <= p.keep_start < p.keep_end <= p.end <= F
-            assert p.keep_start - p.start == min(overlap, p.keep_start)
-            cover[p.keep_start:p.keep_end] += 1
-        assert (cover >= 1).all() and pieces[0].start == 0 and pieces[-1].end == F
-        assert max(p.keep_end - p.keep_start for p in pieces) <= chunk + fade
-
-
 def test_noise_is_deterministic_per_seed_and_key(setup):
     synth, _, _ = setup
     mel = random_mel(20, 5)
@@ -215,28 +202,6 @@ def test_from_mel_rejects_bad_tensors(setup):
                 torch.randn(80, 0), torch.randn(1, 1, 80, 4)):
         with pytest.raises(UserError):
             synth.from_mel(bad)
-
-
-def test_resolve_inputs(tmp_path):
-    for name in ("b.pt", "a.npy", "c.txt"):
-        (tmp_path / name).write_bytes(b"x")
-    assert [p.name for p in resolve_inputs(tmp_path, (".pt", ".npy"))] == ["a.npy", "b.pt"]
-    assert [p.name for p in resolve_inputs(str(tmp_path / "*.pt"), (".pt", ".npy"))] == ["b.pt"]
-    listing = tmp_path / "list.txt"
-    listing.write_text("# mels\nb.pt|some text\n\nmissing.pt\n")
-    assert [p.name for p in resolve_inputs(listing, (".pt",))] == ["b.pt", "missing.pt"]
-    # Bare clip ids of a corpus split resolve to its wavs/ (audio) or cache/mels/ (mels).
-    (tmp_path / "wavs").mkdir()
-    (tmp_path / "cache" / "mels").mkdir(parents=True)
-    (tmp_path / "wavs" / "clip1.wav").write_bytes(b"x")
-    (tmp_path / "cache" / "mels" / "clip1.pt").write_bytes(b"x")
-    (tmp_path / "splits").mkdir()
-    (tmp_path / "splits" / "test.txt").write_text("clip1\n")
-    assert resolve_inputs(tmp_path / "splits" / "test.txt", (".wav",)) == [tmp_path / "wavs" / "clip1.wav"]
-    assert resolve_inputs(tmp_path / "splits" / "test.txt", (".pt",)) == [tmp_path / "cache" / "mels" / "clip1.pt"]
-    for spec in (tmp_path / "nope", str(tmp_path / "*.wav"), tmp_path / "c.txt.bak"):
-        with pytest.raises(UserError):
-            resolve_inputs(spec, (".pt", ".npy"))
 
 
 @pytest.fixture(scope="module")
@@ -308,3 +273,37 @@ def test_cuda_matches_cpu(setup, precision):
         ref = reference_decode(reference, mels[i, :, :n], i)
         snr = snr_db(ref, out[i, : HOP * n])
         assert snr > (60.0 if precision == "fp32" else 20.0), (precision, n, snr)
+
+
+def test_python_api_rejects_settings_that_would_give_garbage(setup, tmp_path):
+    synth, _, cfg = setup
+    model = copy.deepcopy(synth.model)
+    for kwargs, key in (({"crossfade_frames": 3}, "crossfade_frames="), ({"chunk_frames": 0}, "chunk_frames="),
+                        ({"overlap": -1}, "chunk_overlap="), ({"device": "tpu"}, "device="),
+                        ({"precision": "fp8"}, "precision=")):
+        with pytest.raises(UserError, match=key):
+            Synthesizer.from_model(model, cfg, **{"device": "cpu", **kwargs})
+    with pytest.raises(UserError, match="sigma="):
+        synth.from_mel(random_mel(4, 0), sigma=float("nan"))
+    mel = tmp_path / "m.pt"
+    torch.save(random_mel(4, 0), mel)
+    for kwargs, key in (({"on_error": "skp"}, "on_error="), ({"subtype": "PCM_8"}, "format="),
+                        ({"batch_size": 0}, "batch_size="), ({"denoiser_mel": "loud"}, "denoiser_mel=")):
+        with pytest.raises(UserError, match=key):
+            synth.to_files(mel, tmp_path / "out", progress=False, **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_to_files_keeps_the_folder_layout(checkpoint, tmp_path):
+    # Outputs are named by the shared input resolver: the path below an input folder, which is
+    # also the noise key.
+    synth = Synthesizer(checkpoint, device="cpu")
+    (tmp_path / "mels" / "sub").mkdir(parents=True)
+    mel = random_mel(6, 7)
+    torch.save(mel, tmp_path / "mels" / "sub" / "a.pt")
+    torch.save(mel, tmp_path / "mels" / "b.pt")
+    report = synth.to_files(tmp_path / "mels", tmp_path / "out", sigma=0.5, subtype="FLOAT", progress=False)
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in report.written) == ["b.wav", "sub/a.wav"]
+    audio, _ = sf.read(tmp_path / "out" / "sub" / "a.wav", dtype="float32")
+    alone = synth.from_mel(mel, sigma=0.5, keys=["sub/a"]).clamp(-1, 1)
+    assert (torch.from_numpy(audio) - alone).abs().max().item() < 1e-6

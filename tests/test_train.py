@@ -13,15 +13,17 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import copy_demo_corpus, flat
+from conftest import compose, copy_demo_corpus, flat
 from conftest import load_state as load
-from hydra import compose, initialize_config_dir
 
-from waveglow.checkpoint import FORMAT_VERSION, load_model
-from waveglow.cli.common import CONFIG_DIR
+from waveglow.checkpoint import FORMAT_VERSION, build_model, load_model
+from waveglow.config import TrainConfig, to_dict
+from waveglow.data import load_stats
 from waveglow.errors import UserError
-from waveglow.monitor import mel_comparison_image
-from waveglow.train import TrainHooks, lr_at, resolve_precision, train
+from waveglow.runtime import resolve_precision
+from waveglow.train import TrainHooks, lr_at, train
+from waveglow.train.monitor import mel_comparison_image
+from waveglow.train.step import Stepper
 
 CHECKPOINT_KEYS = {"format_version", "model", "config", "step", "epoch", "optimizer", "scheduler",
                    "scaler", "rng", "sampler", "metrics"}
@@ -38,21 +40,15 @@ def make_cfg(root: Path, run_dir: Path, *overrides: str):
         "train.threads=1",
         f"run_dir={run_dir}",
     ]
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("waveglow_train", overrides=[*base, *overrides])
-
+    return compose("waveglow_train", *base, *overrides)
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, demo_root) -> Path:
     """A private copy of the demo corpus with its feature cache built once for the module."""
-    from waveglow.data import load_stats
-
     root = copy_demo_corpus(demo_root, tmp_path_factory.mktemp("train") / "corpus")
     load_stats(make_cfg(root, root / "unused"), progress=False)
     return root
-
-
 
 
 def assert_same_state(a: dict, b: dict) -> None:
@@ -268,19 +264,41 @@ def test_precision_and_lr_schedule():
     assert resolve_precision("auto", cuda) is torch.float16
     assert resolve_precision("bf16", cpu) is torch.bfloat16
     with pytest.raises(UserError, match="train.precision"):
-        resolve_precision("fp8", cpu)
-    t = {"lr": 1e-4, "warmup_steps": 4, "lr_decay_steps": [10], "lr_decay_factor": 0.5}
+        resolve_precision("fp8", cpu, key="train.precision")
+    t = TrainConfig(lr=1e-4, warmup_steps=4, lr_decay_steps=[10], lr_decay_factor=0.5)
     assert [lr_at(s, t) for s in (0, 3, 9, 10)] == pytest.approx([2.5e-5, 1e-4, 1e-4, 5e-5])
     assert lr_at(20, t, lr_mult=0.5) == pytest.approx(2.5e-5)
 
 
+def test_stepper_skips_a_non_finite_batch_and_steps_a_finite_one(tmp_path):
+    """The step the trainer and the benchmark share: a NaN batch leaves weights and Adam alone
+    (and reports the per-flow terms), a finite one moves the weights at the given lr."""
+    torch.manual_seed(0)
+    model = build_model(to_dict(make_cfg(tmp_path, tmp_path / "run")))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1.0)
+    step = Stepper(model, optimizer, device=torch.device("cpu"), amp_dtype=None, grad_clip=100.0)
+    audio, mel = 0.1 * torch.randn(2, 2048), torch.randn(2, 80, 1 + 2048 // 256)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    bad = audio.clone()
+    bad[0, 5] = float("nan")
+    out = step(bad, mel, 1e-3)
+    assert out.skipped and not out.overflow and not out.stop and "flow_0/W" in out.stats
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert not optimizer.state
+    out = step(audio, mel, 1e-3, stop=True)
+    assert not out.skipped and math.isfinite(out.loss) and out.stop and out.lr == 1e-3 and not out.stats
+    assert optimizer.param_groups[0]["lr"] == 1e-3
+    assert any(not torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
 @pytest.mark.parametrize("override, message", [
     ("train.val_every=0", "train.val_every=0: expected an integer >= 1"),
-    ("train.precision=fp8", "train.precision='fp8'"),
-    ("train.guard.lr_factor=2.0", "train.guard"),
-    ("train.device=tpu", "train.device='tpu'"),
+    ("train.precision=fp8", "train.precision=fp8"),
+    ("train.guard.lr_factor=2.0", "train.guard.lr_factor=2.0"),
+    ("train.device=tpu", "train.device=tpu"),
 ])
 def test_bad_settings_are_user_errors(override, message, tmp_path):
+    """Caught by the schema (compose) or, for the device, when training resolves it."""
     with pytest.raises(UserError, match=re.escape(message)):
         train(make_cfg(tmp_path / "no-corpus", tmp_path / "run", override))
 

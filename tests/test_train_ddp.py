@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import copy_demo_corpus
-from hydra import compose, initialize_config_dir
+from conftest import compose, copy_demo_corpus
 
-from waveglow.cli.common import CONFIG_DIR
+from waveglow.data import load_stats
 from waveglow.train import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,11 +30,8 @@ def overrides(root: Path, run_dir: Path, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, demo_root) -> Path:
-    from waveglow.data import load_stats
-
     root = copy_demo_corpus(demo_root, tmp_path_factory.mktemp("ddp") / "corpus")
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        load_stats(compose("waveglow_train", overrides=overrides(root, root / "x")), progress=False)
+    load_stats(compose("waveglow_train", *overrides(root, root / "x")), progress=False)
     return root
 
 
@@ -57,9 +53,7 @@ def test_two_gloo_ranks_stay_identical_and_match_one_process(corpus, tmp_path):
     # Every rank ends with rank 0's parameters exactly (checked by the trainer at the end).
     assert "ranks in sync: max |parameter difference| over 2 processes = 0" in log
     assert "× 2 processes, global batch 2 × 4096 samples" in log
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("waveglow_train", overrides=overrides(corpus, single_dir, "train.batch_size=2"))
-    train(cfg)
+    train(compose("waveglow_train", *overrides(corpus, single_dir, "train.batch_size=2")))
 
     ddp = torch.load(ddp_dir / "checkpoints/last.pt", weights_only=True)
     single = torch.load(single_dir / "checkpoints/last.pt", weights_only=True)

@@ -15,7 +15,7 @@ import dataclasses
 import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from waveglow.errors import UserError
 
@@ -46,7 +46,7 @@ class AudioConfig:
     win_length: int = setting(1024, "STFT window (samples, <= n_fft)", min=1)
     n_mels: int = setting(80, "mel channels", min=1)
     fmin: float = setting(0.0, "lowest mel filter edge (Hz)", min=0)
-    fmax: Optional[float] = setting(8000.0, "highest mel filter edge (Hz; null: sampling_rate/2)", gt=0)
+    fmax: float | None = setting(8000.0, "highest mel filter edge (Hz; null: sampling_rate/2)", gt=0)
     log_clamp: float = setting(1.0e-5, "magnitudes are clamped to this before the log", gt=0)
 
     def validate(self, prefix: str = "audio") -> None:
@@ -68,9 +68,9 @@ class SplitsConfig:
 
 @dataclass
 class DownloadConfig:
-    url: Optional[str] = setting(None, "archive URL")
-    sha256: Optional[str] = setting(None, "expected sha256 of the archive")
-    archive: Optional[str] = setting(None, "where the archive is stored")
+    url: str | None = setting(None, "archive URL")
+    sha256: str | None = setting(None, "expected sha256 of the archive")
+    archive: str | None = setting(None, "where the archive is stored")
 
 
 @dataclass
@@ -81,15 +81,15 @@ class DataConfig:
     root: str = setting(MISSING, "corpus folder")
     layout: str = setting("ljspeech", "ljspeech (metadata.csv + wavs/) | folder (any .wav/.flac below root)",
                           choices=("ljspeech", "folder"))
-    cache_dir: Optional[str] = setting(None, "mel cache, manifest and statistics (null: <root>/cache)")
+    cache_dir: str | None = setting(None, "mel cache, manifest and statistics (null: <root>/cache)")
     splits: SplitsConfig = setting(factory=SplitsConfig, help="validation/test split sizes")
     segment_length: int = setting(16000, "audio samples per training example", min=1)
     dither: float = setting(1.0, "uniform dequantization noise in int16 LSBs (0 = off)", min=0)
     short_clip_policy: str = setting("noise", "clips shorter than a segment: noise (pad) | repeat | drop",
                                      choices=("noise", "repeat", "drop"))
-    num_workers: Optional[int] = setting(None, "preprocessing processes (null: number of cores)", min=1)
+    num_workers: int | None = setting(None, "preprocessing processes (null: number of cores)", min=1)
     loader_workers: int = setting(0, "DataLoader worker processes during training", min=0)
-    download: Optional[DownloadConfig] = setting(None, "where `waveglow-download` fetches the corpus")
+    download: DownloadConfig | None = setting(None, "where `waveglow-download` fetches the corpus")
 
 
 @dataclass
@@ -165,10 +165,10 @@ class TrainConfig:
     tf32: bool = setting(True, "allow TF32 in the conditioner's training convs (Ampere and newer)")
     deterministic: bool = setting(False, "bit-reproducible CPU runs, resumes included")
     device: str = setting("auto", "auto (CUDA if available) | cpu | cuda")
-    threads: Optional[int] = setting(None, "CPU threads per process (null: torch's default)", min=1)
+    threads: int | None = setting(None, "CPU threads per process (null: torch's default)", min=1)
     val_every: int = setting(1000, "validate every N steps (and at step 0)", min=1)
-    val_segment_length: Optional[int] = setting(None, "null: whole val clips; N: one centred segment", min=1)
-    val_max_clips: Optional[int] = setting(None, "validate on the first N val clips (null: all)", min=1)
+    val_segment_length: int | None = setting(None, "null: whole val clips; N: one centred segment", min=1)
+    val_max_clips: int | None = setting(None, "validate on the first N val clips (null: all)", min=1)
     audio_every: int = setting(5000, "resynthesized val clips to TensorBoard every N steps (0 = never)", min=0)
     audio_clips: int = setting(2, "how many val clips to resynthesize", min=0)
     audio_sigma: float = setting(0.6, "sampling temperature of the resynthesis", gt=0)
@@ -176,7 +176,7 @@ class TrainConfig:
     logdet_every: int = setting(200, "per-flow log-det terms to TensorBoard every N steps (0 = never)", min=0)
     checkpoint_every: int = setting(2000, "write last.pt and step_<N>.pt every N steps", min=1)
     keep_checkpoints: int = setting(5, "newest step_<N>.pt files kept", min=0)
-    init_from: Optional[str] = setting(None, "checkpoint whose weights start a new run (fine-tuning)")
+    init_from: str | None = setting(None, "checkpoint whose weights start a new run (fine-tuning)")
     guard: GuardConfig = setting(factory=GuardConfig, help="divergence guards")
 
 
@@ -213,7 +213,7 @@ class TrainApp:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    run_dir: Optional[str] = setting(None, "run directory (null: checkpoints/<data>-<model>-<time>)")
+    run_dir: str | None = setting(None, "run directory (null: checkpoints/<data>-<model>-<time>)")
 
 
 @dataclass
@@ -241,7 +241,7 @@ class SynthesizeApp(InferenceSettings):
                                 choices=("mean", "silence", "zeros"))
     seed: int = setting(0, "each file's noise is seeded from (seed, file stem)", min=0)
     format: str = setting("PCM_16", "PCM_16 | PCM_24 | FLOAT", choices=("PCM_16", "PCM_24", "FLOAT"))
-    chunk_overlap: Optional[int] = setting(None, "context frames per side (null: the receptive field, exact)",
+    chunk_overlap: int | None = setting(None, "context frames per side (null: the receptive field, exact)",
                                            min=0)
     crossfade_frames: int = setting(4, "linear crossfade at piece boundaries (even, frames)", min=0)
 
@@ -288,11 +288,11 @@ class BenchApp:
     tasks: list[str] = setting(factory=lambda: ["synthesis", "train", "preprocess"],
                                help="synthesis | train | preprocess", choices=("synthesis", "train", "preprocess"))
     seconds: list[float] = setting(factory=lambda: [1.0], help="synthesis: audio seconds of mel per call", gt=0)
-    batch: Optional[list[int]] = setting(None, "null: synthesis 1, train 2", min=1)
+    batch: list[int] | None = setting(None, "null: synthesis 1, train 2", min=1)
     clock: str = setting("wall", "wall | cpu (process CPU time)", choices=("wall", "cpu"))
-    threads: Optional[int] = setting(None, "torch intra-op threads (null: torch's default)", min=1)
+    threads: int | None = setting(None, "torch intra-op threads (null: torch's default)", min=1)
     repeats: int = setting(5, "timed runs per case (median and min reported)", min=1)
-    warmup: Optional[int] = setting(None, "untimed runs first (null: 2 synthesis/preprocess, 1 train)", min=0)
+    warmup: int | None = setting(None, "untimed runs first (null: 2 synthesis/preprocess, 1 train)", min=0)
     sigma: float = setting(0.6, "synthesis prior std", min=0)
     seed: int = setting(0, "seed of weights and inputs", min=0)
     lr: float = setting(1.0e-4, "Adam step of the train case", gt=0)
@@ -303,7 +303,7 @@ class BenchApp:
                           choices=("model", "synthesizer"))
     snr: bool = setting(True, "bf16/fp16 synthesis: SNR against fp32 with the same noise")
     peak: PeakConfig = field(default_factory=PeakConfig)
-    output_dir: Optional[str] = setting(None, "also write bench.jsonl and table.txt here")
+    output_dir: str | None = setting(None, "also write bench.jsonl and table.txt here")
 
 
 # config name (configs/<name>.yaml) -> its schema

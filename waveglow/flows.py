@@ -32,7 +32,6 @@ from waveglow.conditioner import WN
 from waveglow.runtime import exact_fp32
 
 
-
 def state_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype the flow state and log-dets use for parameters of `dtype` (≥ float32)."""
     return torch.float64 if dtype == torch.float64 else torch.float32

@@ -4,6 +4,7 @@ console scripts from an unrelated folder (configs found through the package)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -28,8 +29,15 @@ def wheel_install(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]
     """The project built as a wheel and installed (without its dependencies, which this
     interpreter already has) into a folder of its own that shadows the editable checkout."""
     tmp = tmp_path_factory.mktemp("wheel")
+    # Built from a copy of what a source distribution holds: setuptools builds in the source
+    # folder, and the checkout must not collect a build/ folder.
+    src = tmp / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(REPO / name, src / name)
+    shutil.copytree(REPO / "waveglow", src / "waveglow", ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(tmp / "dist"), str(REPO)], check=True, capture_output=True, timeout=300)
+                    "-w", str(tmp / "dist"), str(src)], check=True, capture_output=True, timeout=300)
     (wheel,) = (tmp / "dist").glob("waveglow-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "waveglow/configs/waveglow_train.yaml" in names and "waveglow/configs/model/tiny.yaml" in names

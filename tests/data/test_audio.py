@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from waveglow.audio import (
+from waveglow.data.audio import (
     INT16_SCALE,
     dither,
     load_audio,

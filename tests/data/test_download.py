@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import run_cli
 
-from tests.conftest import run_cli
-from waveglow.download import MARKER, download, download_and_extract, safe_extract
+from waveglow.data.download import MARKER, download, download_and_extract, safe_extract
 from waveglow.errors import UserError
 
 TOP = "LJSpeech-1.1"
@@ -161,7 +161,7 @@ def test_http_restarts_when_range_ignored(archive, serve, tmp_path):
 
 
 def test_http_interrupted_transfer_resumes(archive, serve, tmp_path, monkeypatch):
-    monkeypatch.setattr("waveglow.download.time.sleep", lambda s: None)
+    monkeypatch.setattr("waveglow.data.download.time.sleep", lambda s: None)
     src, sha = archive
     server = serve(truncate_first=True)
     root = tmp_path / TOP

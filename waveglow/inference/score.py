@@ -27,6 +27,7 @@ the same per-sample values as the whole file (to float rounding).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -38,10 +39,20 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
+from waveglow.config import ScoreApp
+from waveglow.data.audio import AUDIO_SUFFIXES, load_audio
+from waveglow.data.audio import dither as add_dither
+from waveglow.data.inputs import resolve_inputs
 from waveglow.errors import UserError
 from waveglow.fileio import write_text_atomic
-from waveglow.synthesize import AUDIO_SUFFIXES, Synthesizer, autocast, plan_pieces, resolve_inputs
+from waveglow.flows import Coupling, Invertible1x1Conv, Squeeze, state_dtype
+from waveglow.inference.checks import check_settings
+from waveglow.inference.chunks import plan_pieces
+from waveglow.inference.noise import noise_seed
+from waveglow.inference.synthesizer import Synthesizer
+from waveglow.runtime import autocast
 
 log = logging.getLogger("waveglow.score")
 
@@ -86,8 +97,6 @@ def per_sample_log_likelihood(model: torch.nn.Module, audio: Tensor, mel: Tensor
     Returns:
         [B, T] float32 (float64 for a float64 model), nats.
     """
-    from waveglow.flows import Coupling, Invertible1x1Conv, Squeeze, state_dtype
-
     B, T = audio.shape
     G = model.n_group
     if T % G or mel.shape[-1] * model.hop_length < T:
@@ -183,19 +192,12 @@ class Scorer:
 
     def __init__(self, synth: Synthesizer, threshold: float = 8.0, merge_gap: int = 2,
                  dither: float = 0.0) -> None:
-        from waveglow.mel import MelSpectrogram
-
-        if not threshold > 0:
-            raise UserError(f"threshold={threshold}: expected a positive z-score")
-        if merge_gap < 0:
-            raise UserError(f"merge_gap={merge_gap}: expected >= 0 frames")
-        if dither < 0:
-            raise UserError(f"dither={dither}: expected >= 0 LSB")
+        check_settings(ScoreApp, threshold=float(threshold), merge_gap=merge_gap, dither=float(dither))
         self.synth = synth
         self.threshold = float(threshold)
         self.merge_gap = int(merge_gap)
         self.dither = float(dither)
-        self.mel_fn = MelSpectrogram.from_config(synth.config["audio"]).eval()
+        self.mel_fn = synth.frontend()
 
     def per_sample(self, audio: Tensor, mel: Tensor) -> Tensor:
         """ℓ_t [T'] for audio [T] and its mel [n_mels, F] (T' = T rounded down to n_group).
@@ -224,9 +226,6 @@ class Scorer:
 
     def score_audio(self, audio: Tensor, name: str = "audio", key: str | None = None) -> FileScore:
         """Score one waveform [T] at the checkpoint's sampling rate."""
-        from waveglow.audio import dither as add_dither
-        from waveglow.synthesize import noise_seed
-
         audio = torch.as_tensor(audio).float().flatten()
         if self.dither > 0:
             gen = torch.Generator().manual_seed(noise_seed(0, key or name))
@@ -247,21 +246,16 @@ class Scorer:
     def score_files(self, inputs: str | os.PathLike | Sequence[str | os.PathLike], on_error: str = "fail",
                     progress: bool = True) -> tuple[list[FileScore], list[tuple[str, str]]]:
         """Score WAV/FLAC files; returns (scores, failed (path, reason))."""
-        from tqdm import tqdm
-
-        from waveglow.audio import load_audio
-
-        if on_error not in ("fail", "skip"):
-            raise UserError(f"on_error={on_error}: expected fail or skip")
-        paths = resolve_inputs(inputs, AUDIO_SUFFIXES)
+        check_settings(ScoreApp, on_error=on_error)
+        files = resolve_inputs(inputs, AUDIO_SUFFIXES, kind="audio")
         scores, failed = [], []
-        for path in tqdm(paths, unit="file", desc="score", disable=not progress, leave=False):
+        for path, name in tqdm(files, unit="file", desc="score", disable=not progress, leave=False):
             try:
                 audio = torch.from_numpy(load_audio(path, self.synth.sampling_rate))
                 if audio.numel() < self.synth.model.n_group:
                     raise UserError(f"{path}: {audio.numel()} samples; expected at least "
                                     f"{self.synth.model.n_group}")
-                scores.append(self.score_audio(audio, str(path), key=path.stem))
+                scores.append(self.score_audio(audio, str(path), key=name.as_posix()))
             except UserError as e:
                 if on_error == "fail":
                     raise
@@ -286,7 +280,8 @@ def write_scores(path: str | os.PathLike, scores: Sequence[FileScore], failed: S
         The files written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() not in (".json", ".csv"):
+        raise UserError(f"output={path}: expected a .csv or .json file name")
     total_samples = sum(s.samples for s in scores)
     summary = {
         "files": len(scores),
@@ -300,7 +295,7 @@ def write_scores(path: str | os.PathLike, scores: Sequence[FileScore], failed: S
         doc = {**meta, "summary": summary, "files": [asdict(s) for s in scores]}
         write_text_atomic(path, json.dumps(doc, indent=1))
         written.append(path)
-    elif path.suffix.lower() == ".csv":
+    else:
         rows = [["file", "seconds", "samples", "nats_per_sample", "frames", "suspect_frames",
                  "suspect_regions"]]
         for s in scores:
@@ -317,14 +312,10 @@ def write_scores(path: str | os.PathLike, scores: Sequence[FileScore], failed: S
                               int(z < -meta["threshold"])])
         write_text_atomic(frames_path, _csv_text(frows))
         written += [path, frames_path]
-    else:
-        raise UserError(f"output={path}: expected a .csv or .json file name")
     return written
 
 
 def _csv_text(rows: list[list[Any]]) -> str:
-    import io
-
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(rows)
     return buf.getvalue()

@@ -1,0 +1,93 @@
+"""Corpus discovery (LJSpeech layout, folders) and the train/val/test splits."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+from conftest import compose
+from data_helpers import SR, make_cfg, tone
+
+from waveglow.data import discover_corpus, ensure_splits
+from waveglow.errors import UserError
+
+# ------------------------------------------------------------------ discovery
+
+def test_discover_ljspeech_reports_unusable_entries(corpus_copy) -> None:
+    root = corpus_copy(4)
+    good = discover_corpus(make_cfg(root).data).clips
+    (root / "wavs" / "MP3-1.mp3").write_bytes(b"ID3")
+    with open(root / "metadata.csv", "a") as f:
+        f.write(f"GONE-1|missing|missing\nMP3-1|mp3|mp3\n{good[0].id}|again|again\n../evil|x|x\n\n")
+    corpus = discover_corpus(make_cfg(root).data)
+    assert [c.id for c in corpus.clips] == [c.id for c in good] and len(good) == 4
+    reasons = {Path(b.path.split(":")[0]).name: b.reason for b in corpus.bad}
+    assert reasons["GONE-1.wav"].startswith("missing (listed in metadata.csv line 5)")
+    assert "wrong extension '.mp3'" in reasons["MP3-1.mp3"]
+    assert any("duplicate clip id" in b.reason for b in corpus.bad)
+    assert any("invalid clip id" in b.reason for b in corpus.bad)
+
+
+def test_discover_folder(tmp_path: Path) -> None:
+    root = tmp_path / "voice"
+    for rel in ["a/x.wav", "b/y.FLAC", "top.wav", "cache/mels/z.wav", "splits/s.wav", ".hidden/h.wav"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(root / rel, tone(2000), SR, format="FLAC" if rel.lower().endswith("flac") else "WAV")
+    (root / "c.mp3").write_bytes(b"ID3")
+    (root / "notes.txt").write_text("not audio")
+    sf.write(root / "top.flac", tone(2000), SR)
+    corpus = discover_corpus(make_cfg(root, data="folder").data)
+    assert [c.id for c in corpus.clips] == ["a/x", "b/y", "top"]
+    reasons = sorted(b.reason for b in corpus.bad)
+    assert any("wrong extension '.mp3'" in r for r in reasons) and any("duplicate clip id 'top'" in r for r in reasons)
+
+
+def test_missing_corpus_names_path_and_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(UserError, match=r"nowhere: corpus folder not found \(looked in /.*/nowhere\); "
+                                        r"expected LJSpeech layout: metadata.csv"):
+        discover_corpus(make_cfg(tmp_path / "nowhere").data)
+    with pytest.raises(UserError, match=r"nowhere: corpus folder not found .*; expected a folder of .wav/.flac"):
+        ensure_splits(make_cfg(tmp_path / "nowhere", data="folder").data)
+    # a relative data.root: the message shows where it was looked for
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=r"^data.root=rel/demo: corpus folder not found \(looked in /\S+/rel/demo\)"):
+        discover_corpus(make_cfg(Path("rel/demo")).data)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=r"metadata.csv: not found"):
+        discover_corpus(make_cfg(tmp_path / "empty").data)
+    with pytest.raises(UserError, match=r"no usable audio files"):
+        discover_corpus(make_cfg(tmp_path / "empty", data="folder").data)
+    with pytest.raises(UserError, match=r"data.root=... is required"):  # refused before the core runs
+        compose("waveglow_preprocess", "data=folder")
+
+
+# ------------------------------------------------------------------ splits
+
+def test_splits_are_deterministic_and_written_once(corpus_copy, caplog: pytest.LogCaptureFixture) -> None:
+    a, b = corpus_copy(16, "a"), corpus_copy(16, "b")
+    with caplog.at_level(logging.WARNING, logger="waveglow"):
+        sa = ensure_splits(make_cfg(a).data)  # demo: n_val 4, n_test 4 -> fits 16 clips
+    assert not [r for r in caplog.records if "holding out" in r.getMessage()]
+    assert sa == ensure_splits(make_cfg(b).data)
+    assert (len(sa["train"]), len(sa["val"]), len(sa["test"])) == (8, 4, 4)
+    assert sorted(sa["train"] + sa["val"] + sa["test"]) == sorted(c.id for c in discover_corpus(make_cfg(a).data).clips)
+    assert (a / "splits" / "val.txt").read_text().split() == sa["val"]
+    # never redrawn: another seed gives the stored split back
+    assert ensure_splits(make_cfg(a, "data.splits.seed=7").data) == sa
+    assert ensure_splits(make_cfg(b, "data.splits.seed=7", "data.cache_dir=" + str(b / "c")).data) == sa
+    other = corpus_copy(16, "c")
+    assert ensure_splits(make_cfg(other, "data.splits.seed=7").data) != sa
+    (a / "splits" / "test.txt").unlink()
+    with pytest.raises(UserError, match="incomplete splits"):
+        ensure_splits(make_cfg(a).data)
+
+
+def test_small_corpus_shrinks_held_out_sets(corpus_copy, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="waveglow"):
+        splits = ensure_splits(make_cfg(corpus_copy(5, "five")).data)
+    assert len(splits["val"]) >= 1 and len(splits["val"]) + len(splits["test"]) <= 2 and len(splits["train"]) >= 3
+    assert any("holding out" in r.getMessage() for r in caplog.records)
+    one = ensure_splits(make_cfg(corpus_copy(1, "one")).data)
+    assert one["train"] == one["val"] and len(one["val"]) == 1 and one["test"] == []

@@ -1,0 +1,41 @@
+"""The data side of the toolkit: audio I/O, corpora and splits, the feature cache, the datasets.
+
+    audio       read / resample / write / dither waveforms; the audio suffixes we accept
+    corpus      find the clips of a corpus (LJSpeech layout or a folder); train/val/test splits
+    preprocess  the mel cache, manifest, statistics and bad-file report (`waveglow-preprocess`)
+    datasets    SegmentDataset (training) and ClipDataset (validation), reading that cache
+    inputs      the one `input=` resolver of waveglow-mel, -synthesize, -resynthesize, -score
+    download    fetch and unpack a corpus archive (`waveglow-download`)
+"""
+
+from waveglow.data.audio import AUDIO_SUFFIXES, OTHER_AUDIO_SUFFIXES
+from waveglow.data.corpus import (
+    FOLDER_HINT,
+    LJSPEECH_HINT,
+    SPLITS,
+    BadFile,
+    Clip,
+    Corpus,
+    cache_dir,
+    corpus_root,
+    discover_corpus,
+    ensure_splits,
+)
+from waveglow.data.datasets import PAD_NOISE_STD, ClipDataset, ClipInfo, SegmentDataset, split_clips
+from waveglow.data.inputs import InputFile, resolve_inputs
+from waveglow.data.preprocess import (
+    CorpusSettings,
+    PreprocessReport,
+    available_cores,
+    feature_settings,
+    features_match,
+    load_stats,
+    preprocess_corpus,
+)
+
+__all__ = [
+    "AUDIO_SUFFIXES", "OTHER_AUDIO_SUFFIXES", "FOLDER_HINT", "LJSPEECH_HINT", "SPLITS", "PAD_NOISE_STD",
+    "BadFile", "Clip", "Corpus", "CorpusSettings", "ClipInfo", "ClipDataset", "SegmentDataset", "InputFile", "PreprocessReport",
+    "available_cores", "cache_dir", "corpus_root", "discover_corpus", "ensure_splits", "feature_settings",
+    "features_match", "load_stats", "preprocess_corpus", "resolve_inputs", "split_clips",
+]

@@ -1,0 +1,254 @@
+"""Corpus discovery and the train/val/test splits.
+
+A corpus is LJSpeech layout (`metadata.csv` + `wavs/`) or any folder of WAV/FLAC files. Clip
+ids are stable names (the metadata id, or the path below root without suffix); splits are
+filelists of ids under `<root>/splits/`. Nothing here decodes audio.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from waveglow.config import DataConfig
+from waveglow.data.audio import AUDIO_SUFFIXES, OTHER_AUDIO_SUFFIXES
+from waveglow.errors import UserError
+from waveglow.fileio import write_text_atomic
+
+log = logging.getLogger("waveglow.data")
+
+SPLITS = ("train", "val", "test")
+LJSPEECH_HINT = "LJSpeech layout: metadata.csv (id|text|normalized text) and wavs/<id>.wav"
+FOLDER_HINT = "a folder of .wav/.flac files (any depth)"
+
+
+def corpus_root(data_cfg: DataConfig) -> Path:
+    """The corpus directory (`data.root`; relative paths are relative to the working directory)."""
+    return Path(str(data_cfg.root)).expanduser()
+
+
+def cache_dir(data_cfg: DataConfig) -> Path:
+    """Where mels, manifest and statistics live (`data.cache_dir`, default `<root>/cache`)."""
+    cache = data_cfg.cache_dir
+    return Path(str(cache)).expanduser() if cache else corpus_root(data_cfg) / "cache"
+
+
+# ----------------------------------------------------------------------------- discovery
+
+@dataclass(frozen=True)
+class Clip:
+    """One audio file of a corpus."""
+
+    id: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class BadFile:
+    """A file the pipeline cannot use, and why."""
+
+    path: str
+    reason: str
+    clip_id: str | None = None  # the clip it stands for, when known
+
+
+@dataclass
+class Corpus:
+    """The clips found under a corpus root, and the files that were skipped."""
+
+    root: Path
+    layout: str
+    clips: list[Clip]
+    bad: list[BadFile] = field(default_factory=list)
+
+    def by_id(self) -> dict[str, Clip]:
+        return {c.id: c for c in self.clips}
+
+
+def _missing_root_error(data_cfg: DataConfig) -> UserError:
+    hint = LJSPEECH_HINT if data_cfg.layout == "ljspeech" else FOLDER_HINT
+    return UserError(f"data.root={data_cfg.root}: corpus folder not found (looked in "
+                     f"{corpus_root(data_cfg).absolute()}); expected {hint}")
+
+
+def discover_corpus(data_cfg: DataConfig) -> Corpus:
+    """List the clips of the corpus at `data.root` without decoding any audio.
+
+    Args:
+        data_cfg: `cfg.data` (root, layout, cache_dir).
+
+    Returns:
+        The clips (sorted by id) and the files already known to be unusable (missing, wrong
+        extension, duplicate id).
+
+    Raises:
+        UserError: no such directory, no metadata.csv (LJSpeech layout), or no clips at all.
+    """
+    root = corpus_root(data_cfg)
+    if not root.is_dir():
+        raise _missing_root_error(data_cfg)
+    if data_cfg.layout == "ljspeech":
+        corpus = _discover_ljspeech(root)
+    else:
+        corpus = _discover_folder(root, cache_dir(data_cfg))
+    if not corpus.clips:
+        hint = LJSPEECH_HINT if data_cfg.layout == "ljspeech" else FOLDER_HINT
+        detail = ""
+        if corpus.bad:
+            detail = f" ({len(corpus.bad)} unusable, e.g. {corpus.bad[0].path}: {corpus.bad[0].reason})"
+        raise UserError(f"{root.absolute()}: no usable audio files found{detail}; expected {hint}")
+    return corpus
+
+
+def _valid_id(clip_id: str) -> bool:
+    parts = clip_id.split("/")
+    return bool(clip_id) and not clip_id.startswith("/") and ".." not in parts and "" not in parts
+
+
+def _discover_ljspeech(root: Path) -> Corpus:
+    meta = root / "metadata.csv"
+    if not meta.is_file():
+        raise UserError(f"{meta.absolute()}: not found; expected {LJSPEECH_HINT} "
+                        "(or data.layout=folder for a plain folder)")
+    wav_dir = root / "wavs"
+    # One directory listing instead of a stat per clip (LJSpeech has 13,100).
+    by_stem: dict[str, list[Path]] = {}
+    if wav_dir.is_dir():
+        with os.scandir(wav_dir) as entries:
+            for entry in entries:
+                if entry.is_file() and not entry.name.startswith("."):
+                    p = Path(entry.path)
+                    by_stem.setdefault(p.stem, []).append(p)
+    clips: list[Clip] = []
+    bad: list[BadFile] = []
+    seen: set[str] = set()
+    text = meta.read_text(encoding="utf-8", errors="replace")
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        clip_id = line.split("|", 1)[0].strip()
+        where = f"{meta.name} line {lineno}"
+        if not _valid_id(clip_id):
+            bad.append(BadFile(f"{meta}:{lineno}", f"invalid clip id {clip_id!r}"))
+            continue
+        if clip_id in seen:
+            bad.append(BadFile(f"{meta}:{lineno}", f"duplicate clip id {clip_id!r}"))
+            continue
+        seen.add(clip_id)
+        if "/" in clip_id:  # an id naming a subfolder of wavs/
+            candidates = [p for s in AUDIO_SUFFIXES if (p := wav_dir / f"{clip_id}{s}").is_file()]
+        else:
+            candidates = by_stem.get(clip_id, [])
+        # .wav first when a clip exists in both formats
+        usable = sorted((p for p in candidates if p.suffix.lower() in AUDIO_SUFFIXES),
+                        key=lambda p: p.suffix.lower() != ".wav")
+        if usable:
+            clips.append(Clip(clip_id, usable[0]))
+        elif candidates:
+            p = candidates[0]
+            bad.append(BadFile(str(p), f"wrong extension {p.suffix!r} (listed in {where}); expected .wav or .flac",
+                               clip_id))
+        else:
+            bad.append(BadFile(str(wav_dir / f"{clip_id}.wav"), f"missing (listed in {where})", clip_id))
+    clips.sort(key=lambda c: c.id)
+    return Corpus(root, "ljspeech", clips, bad)
+
+
+def _discover_folder(root: Path, cache: Path) -> Corpus:
+    skip = {(root / "splits").resolve(), cache.resolve()}
+    clips: dict[str, Clip] = {}
+    bad: list[BadFile] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and (here / d).resolve() not in skip)
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            path = here / name
+            suffix = path.suffix.lower()
+            if suffix in AUDIO_SUFFIXES:
+                clip_id = path.relative_to(root).with_suffix("").as_posix()
+                if clip_id in clips:
+                    bad.append(BadFile(str(path), f"duplicate clip id {clip_id!r} (also {clips[clip_id].path.name})"))
+                else:
+                    clips[clip_id] = Clip(clip_id, path)
+            elif suffix in OTHER_AUDIO_SUFFIXES:
+                bad.append(BadFile(str(path), f"wrong extension {path.suffix!r}; expected .wav or .flac",
+                                   path.relative_to(root).with_suffix("").as_posix()))
+    return Corpus(root, "folder", [clips[k] for k in sorted(clips)], bad)
+
+
+# ----------------------------------------------------------------------------- splits
+
+def _split_sizes(n: int, n_val: int, n_test: int) -> tuple[int, int, bool]:
+    """Held-out sizes for a corpus of n clips: (n_val, n_test, shrunk)."""
+    n_val, n_test = max(1, int(n_val)), max(0, int(n_test))
+    if n < 2:
+        return 1, 0, True
+    budget = n // 2  # never hold out more than half of the corpus
+    if n_val + n_test <= budget:
+        return n_val, n_test, False
+    val = max(1, round(budget * n_val / (n_val + n_test)))
+    return val, max(0, budget - val), True
+
+
+def _read_ids(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def ensure_splits(data_cfg: DataConfig) -> dict[str, list[str]]:
+    """Train/val/test clip ids, read from `<root>/splits/` or (first time only) written there.
+
+    The split is a seeded shuffle of the sorted clip ids (`data.splits.seed`), so it is the same
+    on every machine; once written it is never redrawn (delete the folder to redraw). Corpora
+    too small for `data.splits.n_val`/`n_test` hold out at most half of their clips (at least
+    one validation clip) and say so.
+
+    Args:
+        data_cfg: `cfg.data`.
+
+    Returns:
+        {"train": [...], "val": [...], "test": [...]} (ids, sorted).
+    """
+    root = corpus_root(data_cfg)
+    if not root.is_dir():
+        raise _missing_root_error(data_cfg)
+    split_dir = root / "splits"
+    files = {name: split_dir / f"{name}.txt" for name in SPLITS}
+    present = [name for name, p in files.items() if p.is_file()]
+    if present:
+        if len(present) != len(SPLITS):
+            missing = ", ".join(f"{n}.txt" for n in SPLITS if n not in present)
+            raise UserError(f"{split_dir.absolute()}: incomplete splits (no {missing}); restore the files or "
+                            "delete the folder to draw new splits")
+        splits = {name: _read_ids(p) for name, p in files.items()}
+        if not splits["train"] or not splits["val"]:
+            raise UserError(f"{split_dir.absolute()}: train.txt and val.txt must list at least one clip id each")
+        return splits
+
+    corpus = discover_corpus(data_cfg)
+    ids = [c.id for c in corpus.clips]
+    split_cfg = data_cfg.splits
+    n_val, n_test, shrunk = _split_sizes(len(ids), split_cfg.n_val, split_cfg.n_test)
+    if shrunk:
+        log.warning("%s: only %d clips; holding out %d for validation and %d for test instead of %s/%s",
+                    root, len(ids), n_val, n_test, split_cfg.n_val, split_cfg.n_test)
+    order = list(ids)
+    random.Random(int(split_cfg.seed)).shuffle(order)
+    val, test = order[:n_val], order[n_val:n_val + n_test]
+    train = order[n_val + n_test:] or list(val)  # a one-clip corpus trains on its validation clip
+    if len(ids) < 2:
+        log.warning("%s: a single clip serves as both training and validation data", root)
+    splits = {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
+    try:
+        for name in SPLITS:
+            write_text_atomic(files[name], "".join(f"{i}\n" for i in splits[name]))
+    except OSError as e:
+        raise UserError(f"{split_dir.absolute()}: cannot write the split filelists ({e.strerror}); the corpus "
+                        "folder must be writable") from None
+    log.info("wrote splits to %s: train %d, val %d, test %d clips (seed %d)",
+             split_dir, len(splits["train"]), len(splits["val"]), len(splits["test"]), int(split_cfg.seed))
+    return splits

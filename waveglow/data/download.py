@@ -1,0 +1,339 @@
+"""Fetch a corpus archive (resumable, checksum-verified) and unpack it safely.
+
+`download_and_extract` is what `make ljspeech` runs (through `waveglow-download`):
+
+1. download `url` into `<archive>.part`, resuming a partial file with an HTTP Range request
+   (and starting over when the server ignores it), with a byte progress bar;
+2. verify the sha256; on a mismatch the downloaded file is deleted and a `UserError` says so;
+3. extract into a temporary folder next to the destination, refusing members that would land
+   outside it (absolute paths, `..`, links pointing out, device files), then rename the corpus
+   folder into place, so an interrupted extraction never looks like a finished corpus;
+4. leave a completion marker in the corpus folder so a second run does nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import logging
+import os
+import posixpath
+import re
+import shutil
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+from tqdm import tqdm
+
+from waveglow.config import DataConfig, to_dict
+from waveglow.data.corpus import corpus_root, ensure_splits
+from waveglow.errors import UserError
+from waveglow.fileio import write_text_atomic
+
+log = logging.getLogger("waveglow")
+
+# Written inside the corpus folder as the very last step of a successful extraction.
+MARKER = ".download-complete.json"
+CHUNK = 1 << 20
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = CHUNK) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _open(url: str, offset: int, timeout: float) -> tuple[IO[bytes], int | None, int]:
+    """Open `url` for reading from byte `offset` (best effort).
+
+    Returns:
+        (stream, total size of the resource or None, offset the stream actually starts at:
+        `offset` when resuming worked, 0 when the server sent the whole resource).
+    """
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme == "file":
+        # urllib's file handler ignores Range; a local file can simply be seeked.
+        path = urllib.request.url2pathname(parsed.path)
+        try:
+            f = open(path, "rb")
+        except OSError as e:
+            raise UserError(f"{url}: cannot read the archive ({e.strerror})") from e
+        total = os.fstat(f.fileno()).st_size
+        start = offset if 0 < offset <= total else 0
+        f.seek(start)
+        return f, total, start
+
+    request = urllib.request.Request(url, headers={"User-Agent": "waveglow-download"})
+    if offset > 0:
+        request.add_header("Range", f"bytes={offset}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and offset > 0:
+            # The partial file is at least as long as the resource: start over to be safe.
+            e.close()
+            return _open(url, 0, timeout)
+        raise UserError(f"{url}: HTTP {e.code} {e.reason}") from e
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise UserError(f"{url}: cannot connect ({reason}); check the URL or your network and rerun") from e
+
+    length = response.headers.get("Content-Length")
+    length = int(length) if length and length.isdigit() else None
+    if offset > 0 and response.status == 206:
+        # Content-Range: bytes <start>-<end>/<total>
+        m = re.match(r"bytes (\d+)-(\d+)/(\d+|\*)", response.headers.get("Content-Range", ""))
+        if m and int(m.group(1)) == offset:
+            total = int(m.group(3)) if m.group(3) != "*" else (offset + length if length is not None else None)
+            return response, total, offset
+        response.close()  # a range we did not ask for: do not trust it
+        return _open(url, 0, timeout)
+    return response, length, 0
+
+
+def download(url: str, dest: str | os.PathLike, sha256: str, *, retries: int = 3, timeout: float = 60.0,
+             progress: bool = True) -> Path:
+    """Download `url` to `dest`, resuming `<dest>.part`, and verify its sha256.
+
+    Args:
+        url: http(s)://, file:// or a plain local path.
+        dest: final archive path; written only once the checksum matches.
+        sha256: expected hex digest (64 characters).
+        retries: how many times an interrupted transfer is resumed before giving up.
+        timeout: socket timeout in seconds.
+        progress: show a tqdm bar (bytes).
+
+    Returns:
+        `dest`.
+
+    Raises:
+        UserError: bad URL/checksum string, unreachable server, or a checksum mismatch (the
+        downloaded file is deleted first). An interrupted transfer that used up its retries
+        keeps `<dest>.part` so the next run resumes it.
+    """
+    dest = Path(dest)
+    expected = _check_sha256(sha256)
+    if "://" not in url:
+        url = Path(url).resolve().as_uri()
+    scheme = urllib.parse.urlparse(url).scheme
+    if scheme not in ("http", "https", "file"):
+        raise UserError(f"data.download.url: expected an http(s)://, file:// URL or a path, got {url!r}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+
+    for attempt in range(retries + 1):
+        offset = part.stat().st_size if part.exists() else 0
+        stream, total, start = _open(url, offset, timeout)
+        digest = hashlib.sha256()
+        if start > 0:
+            log.info("resuming %s at %.1f MB", part, start / 1e6)
+            with open(part, "rb") as f:  # the digest must cover the bytes already on disk
+                while block := f.read(CHUNK):
+                    digest.update(block)
+        elif offset > 0:
+            log.info("the server ignored the resume request; downloading %s from the start", url)
+        received = start
+        try:
+            with stream, open(part, "r+b" if start > 0 else "wb") as out, tqdm(
+                total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
+                desc=dest.name, disable=not progress, leave=False,
+            ) as bar:
+                out.seek(start)
+                out.truncate()
+                while block := stream.read(CHUNK):
+                    out.write(block)
+                    digest.update(block)
+                    received += len(block)
+                    bar.update(len(block))
+        except (OSError, http.client.HTTPException) as e:
+            error: Exception | None = e
+        else:
+            error = None if total is None or received >= total else EOFError(
+                f"connection closed after {received} of {total} bytes")
+        if error is None:
+            break
+        if attempt == retries:
+            raise UserError(f"{url}: download interrupted ({error}); {part} keeps the "
+                            f"{received / 1e6:.1f} MB received so far, rerun to resume") from error
+        log.warning("download interrupted (%s); resuming (%d/%d)", error, attempt + 1, retries)
+        time.sleep(min(2.0**attempt, 10.0))
+
+    got = digest.hexdigest()
+    if got != expected:
+        part.unlink(missing_ok=True)
+        raise UserError(f"{url}: sha256 mismatch: expected {expected}, got {got}; deleted the "
+                        f"downloaded file {part} (check data.download.url / data.download.sha256)")
+    os.replace(part, dest)
+    log.info("downloaded %s (%.1f MB, sha256 verified)", dest, received / 1e6)
+    return dest
+
+
+def _check_sha256(sha256: Any) -> str:
+    if not isinstance(sha256, str) or not _SHA256.match(sha256.strip()):
+        raise UserError(f"data.download.sha256: expected 64 hex digits, got {sha256!r}")
+    return sha256.strip().lower()
+
+
+def _unsafe_reason(member: tarfile.TarInfo, root: str) -> str | None:
+    """Why extracting `member` under directory `root` would be unsafe, or None if it is fine."""
+    name = member.name
+    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        return "absolute path"
+    if ".." in re.split(r"[/\\]", name):
+        return "path with '..'"
+    target = os.path.realpath(os.path.join(root, name))
+    if os.path.commonpath([root, target]) != root:
+        return "path outside the destination"
+    if member.issym() or member.islnk():
+        link = member.linkname
+        if link.startswith("/") or ".." in posixpath.normpath(link).split("/"):
+            # Relative links that stay inside could be allowed, but a corpus has no need for them.
+            return f"link to {link!r}"
+        base = os.path.dirname(target) if member.issym() else root
+        if os.path.commonpath([root, os.path.realpath(os.path.join(base, link))]) != root:
+            return f"link to {link!r} outside the destination"
+    elif not (member.isfile() or member.isdir()):
+        return "device, fifo or other special file"
+    return None
+
+
+def safe_extract(archive: str | os.PathLike, into: str | os.PathLike, progress: bool = True) -> int:
+    """Extract a tar archive (gz/bz2/xz/plain) into the existing directory `into`.
+
+    Every member is checked before it is written (and tarfile's "data" filter is applied on top
+    where this Python has it). One pass over the archive, so a 2.6 GB tar.bz2 is decompressed once.
+
+    Returns:
+        Number of members extracted.
+
+    Raises:
+        UserError: unreadable archive or an unsafe member (nothing further is extracted).
+    """
+    root = os.path.realpath(into)
+    count = 0
+    try:
+        with tarfile.open(archive, "r:*") as tar, tqdm(unit=" files", desc="extracting",
+                                                       disable=not progress, leave=False) as bar:
+            for member in tar:
+                reason = _unsafe_reason(member, root)
+                if reason is not None:
+                    raise UserError(f"{archive}: refusing to extract member {member.name!r} ({reason})")
+                if hasattr(tarfile, "data_filter"):
+                    tar.extract(member, root, filter="data")
+                else:  # pragma: no cover - Pythons before the extraction filters; checked above
+                    tar.extract(member, root)
+                count += 1
+                bar.update(1)
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise UserError(f"{archive}: cannot extract ({e}); delete it and rerun to download it again") from e
+    return count
+
+
+def download_and_extract(url: str, sha256: str, archive_path: str | os.PathLike, extract_to: str | os.PathLike,
+                         expected_dir: str | None = None, *, keep_archive: bool = True, progress: bool = True,
+                         marker_info: Mapping[str, Any] | None = None) -> Path:
+    """Make `extract_to` hold the corpus from the archive at `url`; do nothing if it already does.
+
+    Args:
+        url: where the archive is (http(s)://, file:// or a local path).
+        sha256: expected hex digest of the archive.
+        archive_path: where the archive is stored (a finished, verified archive is not fetched again).
+        extract_to: the corpus folder to create (e.g. data/LJSpeech-1.1).
+        expected_dir: the folder inside the archive that holds the corpus (e.g. "LJSpeech-1.1");
+            None: the archive's only top-level folder.
+        keep_archive: keep the archive after a successful extraction.
+        progress: show progress bars.
+        marker_info: extra JSON-able facts recorded in the completion marker.
+
+    Returns:
+        `extract_to`.
+
+    Raises:
+        UserError: see `download` and `safe_extract`; also when `extract_to` exists but was not
+        made by this function, or the archive lacks `expected_dir`.
+    """
+    extract_to = Path(extract_to)
+    archive_path = Path(archive_path)
+    if (extract_to / MARKER).is_file():
+        log.info("%s is already there (downloaded and verified earlier); nothing to do", extract_to)
+        return extract_to
+    if extract_to.exists() and (not extract_to.is_dir() or any(extract_to.iterdir())):
+        raise UserError(f"{extract_to}: exists but was not made by waveglow-download (no {MARKER}); "
+                        "use it as it is (skip this step) or move it away and rerun")
+    expected = _check_sha256(sha256)
+
+    if archive_path.is_file():
+        log.info("verifying the existing %s", archive_path)
+        if sha256_file(archive_path) != expected:
+            log.warning("%s does not match the expected sha256; deleting it and downloading again", archive_path)
+            archive_path.unlink()
+    if not archive_path.is_file():
+        download(url, archive_path, expected, progress=progress)
+
+    parent = extract_to.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{extract_to.name}.extracting-"
+    for stale in parent.glob(prefix + "*"):  # left by a run that was killed mid-extraction
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        log.info("extracting %s", archive_path)
+        safe_extract(archive_path, tmp, progress=progress)
+        top = [p.name for p in tmp.iterdir()]
+        if expected_dir is None:
+            dirs = [p for p in tmp.iterdir() if p.is_dir()]
+            if len(dirs) != 1:
+                raise UserError(f"{archive_path}: expected one top-level folder, found {sorted(top)}")
+            source = dirs[0]
+        else:
+            source = tmp / expected_dir
+            if not source.is_dir():
+                raise UserError(f"{archive_path}: expected a top-level folder {expected_dir!r}, found {sorted(top)}")
+        info = {"url": url, "sha256": expected, "archive": str(archive_path), **(marker_info or {})}
+        write_text_atomic(source / MARKER, json.dumps(info, indent=2) + "\n")
+        source.chmod(0o755)  # mkdtemp's owner-only mode must not leak into the corpus
+        # The rename is the commit point: before it there is no corpus folder, after it a complete one.
+        os.replace(source, extract_to)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if not keep_archive:
+        archive_path.unlink(missing_ok=True)
+    log.info("extracted %s", extract_to)
+    return extract_to
+
+
+def download_corpus(data_cfg: DataConfig, *, keep_archive: bool = True, progress: bool = True) -> Path:
+    """Download and extract the corpus of a data config (its `download` block), then write its splits.
+
+    Args:
+        data_cfg: `cfg.data` with `root`, `name` and `download: {url, sha256, archive}` (the
+            corpus is the archive's only top-level folder).
+
+    Returns:
+        The corpus root.
+    """
+    dl = data_cfg.download
+    if dl is None:
+        raise UserError(f"data={data_cfg.name} has no download section (data.download.url/sha256/archive); "
+                        "only corpora with a public archive can be downloaded")
+    for key in ("url", "sha256", "archive"):
+        if not getattr(dl, key):
+            raise UserError(f"data.download.{key}: must be set for data={data_cfg.name}")
+    root = corpus_root(data_cfg)
+    download_and_extract(str(dl.url), str(dl.sha256), str(dl.archive), root, keep_archive=keep_archive,
+                         progress=progress, marker_info={"data": to_dict(data_cfg)})
+    splits = ensure_splits(data_cfg)
+    log.info("splits in %s: %s", root / "splits", ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
+    return root

@@ -1,0 +1,39 @@
+"""Inference with a trained checkpoint: synthesis, copy synthesis and likelihood scoring.
+
+    synthesizer  Synthesizer: mel -> audio (from_mel, to_files), batched and chunked, exact
+    chunks       the chunk scheduler: pieces, the batching queue, padded-item repair, crossfade
+    noise        per-file noise seeds and the receptive field
+    denoiser     the bias-tone denoiser
+    jobs         file jobs (to_files): checked inputs, atomic WAV writes, SynthesisReport
+    resynthesis  copy synthesis (WAV -> mel -> WAV) with distances to the input
+    metrics      mel L1, multi-resolution STFT distance, SNR
+    score        exact per-frame log-likelihoods and suspect regions (Scorer)
+    checks       the one check of the settings a Python caller passes
+"""
+
+from __future__ import annotations
+
+from waveglow.inference.chunks import Piece, plan_pieces
+from waveglow.inference.denoiser import Denoiser
+from waveglow.inference.jobs import SynthesisReport
+from waveglow.inference.noise import noise_seed, receptive_field_frames
+from waveglow.inference.resynthesis import ResynthesisResult, resynthesize
+from waveglow.inference.score import (
+    FileScore,
+    Region,
+    Scorer,
+    format_regions,
+    frame_means,
+    per_sample_log_likelihood,
+    robust_z,
+    suspect_regions,
+    write_scores,
+)
+from waveglow.inference.synthesizer import Synthesizer
+
+__all__ = [
+    "Denoiser", "FileScore", "Piece", "Region", "ResynthesisResult", "Scorer", "SynthesisReport",
+    "Synthesizer", "format_regions", "frame_means", "noise_seed", "per_sample_log_likelihood",
+    "plan_pieces", "receptive_field_frames", "resynthesize", "robust_z",
+    "suspect_regions", "write_scores",
+]

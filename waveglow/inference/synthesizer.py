@@ -1,0 +1,332 @@
+"""Mel spectrograms -> waveforms: batched, chunked, on CPU or CUDA, with the bias denoiser.
+
+`Synthesizer` wraps a loaded checkpoint for inference (weight norm folded once, eval mode,
+`torch.inference_mode`, autocast for fp16/bf16 with the 1×1-conv inverses and the output in
+float32) and is what `waveglow-synthesize`, `waveglow-resynthesize` and `waveglow-score` use.
+Its results do not depend on batching or chunking: each file's noise is its own (`noise`), and
+the scheduler (`chunks`) decodes padded and cut items exactly within the receptive field.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from waveglow.checkpoint import load_model
+from waveglow.config import AudioConfig, ModelConfig, SynthesizeApp, from_dict, to_dict
+from waveglow.errors import UserError
+from waveglow.inference.checks import check_settings
+from waveglow.inference.chunks import (
+    BatchPlan,
+    OverlapAdd,
+    Piece,
+    batches,
+    decode_order,
+    plan_batch,
+    splice_tail,
+)
+from waveglow.inference.denoiser import Denoiser, zero_level_mel
+from waveglow.inference.jobs import SynthesisReport, synthesize_files
+from waveglow.inference.noise import file_noise, noise_seed, receptive_field_frames
+from waveglow.mel import MelSpectrogram, check_mel
+from waveglow.runtime import autocast, precision_name, resolve_device, resolve_precision
+
+
+def _resolve(device: str | torch.device, precision: str, chunk_frames: int, overlap: int | None,
+             crossfade_frames: int) -> tuple[torch.device, torch.dtype | None]:
+    """The settings checked, the device and the autocast dtype: (device, dtype or None for fp32)."""
+    check_settings(SynthesizeApp, chunk_frames=chunk_frames, chunk_overlap=overlap,
+                   crossfade_frames=crossfade_frames)
+    dev = resolve_device(device)
+    return dev, resolve_precision(precision, dev)
+
+
+class Synthesizer:
+    """Inference wrapper around a checkpoint: mel -> audio, batched and chunked.
+
+    Args:
+        checkpoint: path of a checkpoint of this project.
+        device: "auto" (CUDA when available), "cpu" or "cuda[:i]".
+        precision: "fp32", "fp16" or "bf16" (autocast; 1×1 inverses and output stay float32).
+        chunk_frames: mels longer than this are synthesized in overlapping pieces.
+        overlap: context frames per side of each piece (None: the receptive field, exact).
+        crossfade_frames: crossfade width at piece boundaries, in frames (even, at most
+            chunk_frames/2).
+
+    Example:
+        >>> synth = Synthesizer("checkpoints/run/best.pt", device="auto", precision="bf16")
+        >>> audio = synth.from_mel(torch.load("mel.pt", weights_only=True))   # [256·F]
+    """
+
+    def __init__(self, checkpoint: str | os.PathLike, device: str | torch.device = "auto",
+                 precision: str = "fp32", chunk_frames: int = 1024, overlap: int | None = None,
+                 crossfade_frames: int = 4) -> None:
+        # Settings, device and precision first: a wrong one fails before a large model loads.
+        dev, dtype = _resolve(device, precision, chunk_frames, overlap, crossfade_frames)
+        model = load_model(checkpoint, device="cpu")
+        self._setup(model, model.config, dev, dtype, chunk_frames, overlap, crossfade_frames)
+        self.checkpoint: Path | None = Path(checkpoint)
+
+    @classmethod
+    def from_model(cls, model: nn.Module, config: Any, device: str | torch.device = "auto",
+                   precision: str = "fp32", chunk_frames: int = 1024, overlap: int | None = None,
+                   crossfade_frames: int = 4) -> Synthesizer:
+        """Wrap an in-memory WaveGlow (its weight norm is folded in place).
+
+        Args:
+            model: a WaveGlow.
+            config: its settings with `audio` and `model` sections (a plain dict as stored in
+                a checkpoint, or a typed config such as `TrainApp`).
+        """
+        self = cls.__new__(cls)
+        dev, dtype = _resolve(device, precision, chunk_frames, overlap, crossfade_frames)
+        self._setup(model, config, dev, dtype, chunk_frames, overlap, crossfade_frames)
+        self.checkpoint = None
+        return self
+
+    def _setup(self, model: nn.Module, config: Any, device: torch.device, amp_dtype: torch.dtype | None,
+               chunk_frames: int, overlap: int | None, crossfade_frames: int) -> None:
+        self.device = device
+        self.amp_dtype = amp_dtype
+        self.precision = precision_name(amp_dtype)
+        self.config: Mapping[str, Any] = to_dict(config)
+        # Stored configs are read, not validated: the model was built from them already.
+        self.audio: AudioConfig = from_dict(AudioConfig, self.config["audio"], "audio", strict=False)
+        self.model_config: ModelConfig = from_dict(ModelConfig, self.config["model"], "model", strict=False)
+        self.sampling_rate = self.audio.sampling_rate
+        self.hop_length = self.audio.hop_length
+        self.n_mels = self.audio.n_mels
+        self.mel_floor = math.log(self.audio.log_clamp)
+        self.receptive_field = receptive_field_frames(self.model_config, self.hop_length)
+        self.chunk_frames = int(chunk_frames)
+        self.crossfade_frames = int(crossfade_frames)
+        self.overlap = self.receptive_field if overlap is None else int(overlap)
+        # Fold weight norm once; afterwards the kernels are plain parameters.
+        model.remove_weight_norm()
+        self.model = model.to(device).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        # The 1×1-conv inverses, once per load (the parts cache them while the weights stay put).
+        with torch.no_grad():
+            for m in self.model.modules():
+                if hasattr(m, "inverse_matrix"):
+                    m.inverse_matrix()
+        self._denoisers: dict[str, Denoiser] = {}
+
+    def frontend(self) -> MelSpectrogram:
+        """The checkpoint's log-mel frontend (audio [T] -> log-mel [n_mels, 1 + T // hop]), CPU."""
+        return MelSpectrogram(**to_dict(self.audio)).eval()
+
+    # -- latent-space access ------------------------------------------------------------------
+
+    def encode(self, audio: Tensor, mel: Tensor) -> Tensor:
+        """audio [B, T] (T multiple of n_group), mel [B, n_mels, >= T/hop] -> z [B, T] (float32)."""
+        with torch.inference_mode():
+            return self.model.encode(audio.float().to(self.device), mel.float().to(self.device)).float().cpu()
+
+    def decode(self, z: Tensor, mel: Tensor) -> Tensor:
+        """z [B, T], mel [B, n_mels, >= T/hop] -> audio [B, T] (float32), in this precision."""
+        with torch.inference_mode(), autocast(self.device, self.amp_dtype):
+            return self.model.decode(z.float().to(self.device), mel.float().to(self.device)).float().cpu()
+
+    # -- core ---------------------------------------------------------------------------------
+
+    def _decode_batch(self, mels: list[Tensor], zs: list[Tensor]) -> list[Tensor]:
+        """Decode equal- or unequal-length (mel [n_mels, L], z [hop·L]) pairs in one batch.
+
+        Shorter items are padded at the end (mel with the log-mel floor, z with zeros) and their
+        outputs cut back; the caller repairs the padded items' last receptive-field frames.
+        Returns CPU float32 [hop·L] per item.
+        """
+        hop = self.hop_length
+        lengths = [m.shape[-1] for m in mels]
+        n = max(lengths)
+        mel = torch.full((len(mels), self.n_mels, n), self.mel_floor, dtype=torch.float32)
+        z = torch.zeros(len(mels), hop * n, dtype=torch.float32)
+        for b, (m, zz) in enumerate(zip(mels, zs)):
+            mel[b, :, : m.shape[-1]] = m
+            z[b, : zz.shape[-1]] = zz
+        mel, z = mel.to(self.device, non_blocking=True), z.to(self.device, non_blocking=True)
+        with autocast(self.device, self.amp_dtype):
+            out = self.model.decode(z, mel)
+        out = out.float().cpu()
+        return [out[b, : hop * L] for b, L in enumerate(lengths)]
+
+    def _decode_plan(self, plan: BatchPlan, window: Callable[[Piece, int], tuple[Tensor, Tensor]]
+                     ) -> dict[Piece, Tensor]:
+        """Each piece of a batch decoded exactly: [hop·piece.length] per piece.
+
+        Args:
+            plan: from `plan_batch`.
+            window: (piece, first frame) -> (mel [n_mels, L], z [hop·L]) up to the piece's end.
+        """
+        results: dict[Piece, Tensor] = {}
+        if plan.main:
+            outs = self._decode_batch(*zip(*(window(p, p.start) for p in plan.main)))
+            results.update(zip(plan.main, outs))
+        for sub in plan.tails:
+            outs = self._decode_batch(*zip(*(window(p, s) for p, s in sub)))
+            for (p, s), o in zip(sub, outs):
+                results[p] = o if s == p.start else splice_tail(p, results[p], o, self.receptive_field,
+                                                                 self.hop_length)
+        return results
+
+    def _run(self, n_frames: Sequence[int], get_mel: Callable[[int], Tensor], seeds: Sequence[int],
+             sigma: float, batch_size: int) -> Iterator[tuple[int, Tensor]]:
+        """Synthesize items; yields (index, audio float32 [hop·F]) as each item completes.
+
+        Args:
+            n_frames: F of each item.
+            get_mel: index -> mel [n_mels, F] (called while the item is being synthesized; the
+                result is held until the item completes, so inputs can be loaded lazily).
+            seeds: per-item noise seeds.
+            sigma: latent std.
+            batch_size: pieces per decode call.
+        """
+        hop = self.hop_length
+        order = decode_order(n_frames, self.chunk_frames, self.overlap, self.crossfade_frames)
+        joiner = OverlapAdd(order, n_frames, hop, self.crossfade_frames)
+        mels: dict[int, Tensor] = {}  # items in flight only
+        noise: dict[int, Tensor] = {}
+
+        def window(p: Piece, start: int) -> tuple[Tensor, Tensor]:
+            if p.item not in mels:
+                mels[p.item] = get_mel(p.item)
+                # The whole file's noise from the file's own generator (see `noise`).
+                noise[p.item] = file_noise(seeds[p.item], hop * int(n_frames[p.item]), sigma)
+            return mels[p.item][:, start: p.end], noise[p.item][start * hop: p.end * hop]
+
+        for batch in batches(order, batch_size):
+            # Inference mode per batch, not around the `yield`: the caller's code between two
+            # batches must not run inside it.
+            with torch.inference_mode():
+                results = self._decode_plan(plan_batch(batch, self.receptive_field, batch_size), window)
+                finished = []
+                for p in batch:
+                    audio = joiner.add(p, results[p])
+                    if audio is not None:
+                        finished.append((p.item, audio))
+                        mels.pop(p.item, None)
+                        noise.pop(p.item, None)
+            yield from finished
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def from_mel(self, mel: Tensor, sigma: float = 0.6, seed: int = 0,
+                 keys: Sequence[str | int] | None = None, lengths: Sequence[int] | None = None,
+                 batch_size: int = 8, denoiser_strength: float = 0.0) -> Tensor:
+        """Synthesize raw log-mels (the checkpoint's feature convention).
+
+        Args:
+            mel: [n_mels, F] or [B, n_mels, F] (any device; CPU float32 is used for planning).
+            sigma: std of the latent noise (0.6 is the reference's default; 0 is deterministic).
+            seed: noise seed; item b draws its noise from `noise_seed(seed, keys[b])`.
+            keys: per-item noise keys (default: the batch index; `to_files` uses the file stem,
+                so `from_mel(m, keys=["LJ001-0001"])` reproduces that file's synthesis).
+            lengths: valid frames per item of a padded [B, n_mels, F] batch (default: all F).
+            batch_size: items decoded together (results do not depend on it).
+            denoiser_strength: > 0 applies the bias denoiser with that strength.
+
+        Returns:
+            float32 CPU audio [hop·F] (or [B, hop·F]; samples past hop·lengths[b] are zero),
+            not clipped.
+        """
+        check_settings(SynthesizeApp, sigma=float(sigma))
+        single = torch.as_tensor(mel).dim() == 2
+        items, keys = split_batch(torch.as_tensor(mel)[None] if single else torch.as_tensor(mel),
+                                  lengths, keys, self.n_mels)
+        seeds = [noise_seed(seed, k) for k in keys]
+        out = torch.zeros(len(items), self.hop_length * torch.as_tensor(mel).shape[-1])
+        frames = [m.shape[-1] for m in items]
+        for i, audio in self._run(frames, items.__getitem__, seeds, sigma, max(1, int(batch_size))):
+            out[i, : audio.shape[-1]] = self.denoise(audio, denoiser_strength)
+        return out[0] if single else out
+
+    def denoiser(self, mode: str = "mean") -> Denoiser:
+        """The bias denoiser of this checkpoint (computed once per mode and cached).
+
+        Args:
+            mode: zero-level mel: "mean" (the model's mel_mean, i.e. normalized zero; default),
+                "silence" (the log-mel floor) or "zeros" (raw zeros). See `Denoiser`.
+        """
+        if mode not in self._denoisers:
+            check_settings(SynthesizeApp, denoiser_mel=mode)
+            # Long enough that the middle half is free of edge effects (> 2 receptive fields).
+            n = max(88, 2 * self.receptive_field + 32)
+            mel = zero_level_mel(mode, self.model.mel_mean, self.mel_floor, n)
+            with torch.inference_mode():
+                bias = self._decode_batch([mel], [torch.zeros(self.hop_length * n)])[0]
+            self._denoisers[mode] = Denoiser(bias, self.audio.n_fft, self.hop_length, self.audio.win_length)
+        return self._denoisers[mode]
+
+    def denoise(self, audio: Tensor, strength: float, mode: str = "mean") -> Tensor:
+        """Apply the bias denoiser (a no-op for strength <= 0)."""
+        if strength <= 0:
+            return audio
+        with torch.inference_mode():
+            return self.denoiser(mode)(audio, strength)
+
+    def to_files(self, inputs: str | os.PathLike | Sequence[str | os.PathLike], output_dir: str | os.PathLike,
+                 sigma: float = 0.6, seed: int = 0, batch_size: int = 8, denoiser_strength: float = 0.0,
+                 denoiser_mel: str = "mean", subtype: str = "PCM_16", on_error: str = "fail",
+                 progress: bool = True) -> SynthesisReport:
+        """Synthesize mel files into `<output_dir>/<name>.wav` (hop·F samples each).
+
+        `<name>` is the input's stem, or its path below an input folder (`x/b` for
+        `<folder>/x/b.pt`): `waveglow.data.inputs` names every script's outputs alike.
+
+        Every input is loaded and checked before anything is synthesized, so with
+        on_error="fail" a bad file stops the run before any WAV is written. Each WAV is written
+        to a temporary name and renamed, so no partial file is ever left behind.
+
+        Args:
+            inputs: a file, directory, glob or filelist (`input=`), or a list of paths.
+            output_dir: created if missing.
+            sigma, seed, batch_size, denoiser_strength: as `from_mel`; each file's noise key
+                is its `<name>`.
+            denoiser_mel: the denoiser's zero-level mel (see `denoiser`).
+            subtype: "PCM_16", "PCM_24" or "FLOAT".
+            on_error: "fail" (raise UserError on the first bad file) or "skip" (continue and
+                list the bad files in the report).
+            progress: show a progress bar over files.
+
+        Returns:
+            A `SynthesisReport`.
+
+        Raises:
+            UserError: a bad input with on_error="fail", or nothing could be synthesized.
+        """
+        return synthesize_files(self, inputs, output_dir, sigma=sigma, seed=seed, batch_size=batch_size,
+                                denoiser_strength=denoiser_strength, denoiser_mel=denoiser_mel,
+                                subtype=subtype, on_error=on_error, progress=progress)
+
+
+def split_batch(mel: Tensor, lengths: Sequence[int] | None, keys: Sequence[str | int] | None,
+                n_mels: int) -> tuple[list[Tensor], list[str | int]]:
+    """`from_mel`'s batch as checked items: ([n_mels, lengths[b]] CPU float32 per item, keys).
+
+    Args:
+        mel: [B, n_mels, F].
+        lengths, keys: as `from_mel` (None: all F frames; the batch index).
+
+    Raises:
+        UserError: a wrong shape, lengths or keys, or a mel that `check_mel` rejects.
+    """
+    if mel.dim() != 3:
+        raise UserError(f"mel: expected [n_mels, F] or [B, n_mels, F], got shape {list(mel.shape)}")
+    B, F = mel.shape[0], mel.shape[-1]
+    lengths = [F] * B if lengths is None else [int(n) for n in lengths]
+    if len(lengths) != B or any(n < 1 or n > F for n in lengths):
+        raise UserError(f"lengths={lengths}: expected {B} values in [1, {F}]")
+    keys = list(range(B)) if keys is None else list(keys)
+    if len(keys) != B:
+        raise UserError(f"keys: expected {B} keys, got {len(keys)}")
+    items = [check_mel(mel[b, :, : lengths[b]].detach().float().cpu(), n_mels, f"mel[{b}]").contiguous()
+             for b in range(B)]
+    return items, keys

@@ -1,0 +1,158 @@
+"""The training data plumbing: which examples each rank sees, and with what randomness.
+
+Every example's random crop and dither noise are a function of (seed, epoch, index) only, so
+the data of a run does not depend on the number of ranks, the loader workers or where the run
+was resumed (`item_seed`, `ResumableDistributedSampler`, `SeededItems`).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from waveglow.config import TrainApp
+from waveglow.data import ClipDataset, SegmentDataset, load_stats
+from waveglow.errors import UserError
+
+log = logging.getLogger("waveglow")
+
+
+def _splitmix64(x: int) -> int:
+    """One round of the SplitMix64 mixer (a well-spread 64-bit hash of an integer)."""
+    mask = 2**64 - 1
+    x = (x + 0x9E3779B97F4A7C15) & mask
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & mask
+    return x ^ (x >> 31)
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """A seed for one training example that depends only on (seed, epoch, index).
+
+    So the random crop and dither noise of an example do not depend on the rank, the number of
+    ranks, the loader workers or where a run was resumed.
+    """
+    return _splitmix64(_splitmix64(_splitmix64(seed) ^ epoch) ^ index) >> 1
+
+
+class ResumableDistributedSampler(DistributedSampler):
+    """DistributedSampler that can start mid-epoch and tags each index with its example seed.
+
+    Every rank draws the same permutation of the whole split (seeded by seed + epoch) and takes
+    every world_size-th index, so global batch j is the same set of examples for any number
+    of ranks with the same global batch. Yields `(index, example_seed)`.
+
+    Args:
+        n_items: examples in the split.
+        num_replicas, rank: the process group.
+        seed: `train.seed`.
+    """
+
+    def __init__(self, n_items: int, num_replicas: int, rank: int, seed: int) -> None:
+        super().__init__(range(n_items), num_replicas=num_replicas, rank=rank, shuffle=True,
+                         seed=seed, drop_last=True)
+        self.start = 0
+
+    def set_start(self, start: int) -> None:
+        """Skip the first `start` indices of this rank's share of the current epoch."""
+        self.start = start
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        indices = list(super().__iter__())[self.start:]
+        for index in indices:
+            yield index, item_seed(self.seed, self.epoch, index)
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
+class SeededItems(Dataset):
+    """`base[index]` with its randomness (crop, padding, dither) seeded from the example seed.
+
+    Through the dataset's `generator` attribute when it has one, else by seeding the global
+    RNGs around the call. Each example is then a function of (seed, epoch, index) only.
+    """
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, seed = key
+        if hasattr(self.base, "generator"):
+            # The dataset draws from its own generator: give it one per example.
+            self.base.generator = torch.Generator().manual_seed(seed)
+            return self.base[index]
+        py_state, np_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            try:
+                return self.base[index]
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
+
+
+def segment_multiple(model: torch.nn.Module) -> int:
+    """Audio lengths the model accepts are multiples of this (n_group, or the model's own rule)."""
+    return int(getattr(model, "segment_multiple", None) or model.n_group)
+
+
+def training_segment_length(requested: int, multiple: int) -> int:
+    """`data.segment_length` rounded down to a length the model accepts.
+
+    Raises:
+        UserError: shorter than one `multiple`.
+    """
+    length = requested - requested % multiple
+    if length <= 0:
+        raise UserError(f"data.segment_length={requested}: must be at least {multiple} "
+                        f"(a multiple of the model's n_group)")
+    if length != requested:
+        log.info(f"segment length {requested} rounded down to {length} samples (a multiple of {multiple})")
+    return length
+
+
+def load_datasets(cfg: TrainApp, segment_length: int, multiple: int, *, progress: bool
+                  ) -> tuple[dict[str, torch.Tensor], Dataset, Dataset]:
+    """Mel statistics, the training segments and the fixed validation set.
+
+    Args:
+        cfg: the run's settings (data, audio, train.val_*).
+        segment_length: audio samples per training example (a multiple of `multiple`).
+        multiple: the model's length multiple (validation clips are cut to it).
+        progress: show a progress bar if the feature cache has to be built.
+
+    Returns:
+        ({"mean": [n_mels], "std": [n_mels]}, train set, val set).
+    """
+    t = cfg.train
+    mean, std = load_stats(cfg, progress=progress)
+    train_set = SegmentDataset(cfg, "train", segment_length=segment_length)
+    val_seg = t.val_segment_length
+    if val_seg:
+        val_seg = int(val_seg) - int(val_seg) % multiple
+    limit = t.val_max_clips
+    val_set = ClipDataset(cfg, "val", segment_length=val_seg or None, multiple_of=multiple,
+                          max_clips=int(limit) if limit else None, seed=int(t.seed))
+    return {"mean": mean, "std": std}, train_set, val_set
+
+
+def train_loader(train_set: Dataset, sampler: ResumableDistributedSampler, batch_size: int, *,
+                 workers: int, seed: int, pin_memory: bool) -> DataLoader:
+    """The DataLoader of the training segments: batches of {"audio": [B, L], "mel": [B, n_mels, F]}."""
+    # The loader's own seed draw uses this generator, not the global RNG (a resume creates
+    # its iterator at another point than the uninterrupted run).
+    return DataLoader(SeededItems(train_set), batch_size=batch_size, sampler=sampler, drop_last=True,
+                      num_workers=workers, pin_memory=pin_memory,
+                      generator=torch.Generator().manual_seed(seed), persistent_workers=False)

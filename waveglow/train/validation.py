@@ -1,0 +1,124 @@
+"""Validation during training: the held-out log-likelihood, and resynthesized clips for
+TensorBoard."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from waveglow.config import TrainApp
+from waveglow.mel import MelSpectrogram
+from waveglow.train.distributed import DistContext
+from waveglow.train.monitor import Monitor
+from waveglow.train.progress import append_metric
+from waveglow.train.state import LoopState
+
+log = logging.getLogger("waveglow")
+
+
+class Validator:
+    """Scores the fixed validation set of a run.
+
+    Args:
+        model: the WaveGlow being trained.
+        val_set: items {"audio": [T], "mel": [n_mels, F]}.
+        ctx: the process group (the clips are split over ranks).
+        cfg: the run's settings (audio.hop_length/sampling_rate, train.audio_*, train.seed).
+        batch_size: clips scored together (same-shaped clips only).
+        multiple: the model's length multiple.
+    """
+
+    def __init__(self, model: torch.nn.Module, val_set: Dataset, ctx: DistContext, cfg: TrainApp,
+                 batch_size: int, multiple: int) -> None:
+        self.model = model
+        self.val_set = val_set
+        self.ctx = ctx
+        self.cfg = cfg
+        self.batch_size = batch_size
+        self.multiple = multiple
+
+    @torch.no_grad()
+    def log_likelihood(self) -> float:
+        """Mean log-likelihood of the val split in nats per audio sample (all ranks share it).
+
+        fp32, no dither, the same fixed segments every time; the clips are split over ranks and
+        the sums combined.
+        """
+        device = self.ctx.device
+        total, count = 0.0, 0
+        group: list[dict[str, Tensor]] = []
+
+        def flush() -> None:
+            nonlocal total, count, group
+            if not group:
+                return
+            audio = torch.stack([g["audio"] for g in group]).to(device)
+            mel = torch.stack([g["mel"] for g in group]).to(device)
+            total += float(self.model.log_prob(audio, mel).double().sum())
+            count += audio.numel()
+            group = []
+
+        for i in range(self.ctx.rank, len(self.val_set), self.ctx.world):
+            item = self.item(i)
+            if group and (item["audio"].shape != group[0]["audio"].shape
+                          or item["mel"].shape != group[0]["mel"].shape or len(group) >= self.batch_size):
+                flush()
+            group.append(item)
+        flush()
+        total, count = self.ctx.all_sum([total, float(count)])
+        return total / count if count else float("nan")
+
+    def item(self, i: int) -> dict[str, Tensor]:
+        """Val example i cut to a length the model accepts (and the mel frames it needs)."""
+        item = self.val_set[i]
+        audio = torch.as_tensor(item["audio"], dtype=torch.float32)
+        mel = torch.as_tensor(item["mel"], dtype=torch.float32)
+        n = audio.shape[-1] - audio.shape[-1] % self.multiple
+        hop = int(self.cfg.audio.hop_length)
+        return {"audio": audio[:n], "mel": mel[:, : 1 + n // hop]}
+
+    @torch.no_grad()
+    def log_audio(self, monitor: Monitor, step: int, with_targets: bool) -> None:
+        """Resynthesize the first val clips at train.audio_sigma; audio + mel images to TensorBoard.
+
+        Args:
+            monitor: where they go (rank 0 only does anything).
+            step: the TensorBoard step.
+            with_targets: also log the original clips (once per run, at its start).
+        """
+        if not self.ctx.is_main:
+            return
+        t, device = self.cfg.train, self.ctx.device
+        frontend = MelSpectrogram.from_config(self.cfg.audio).to(device)
+        sr = int(self.cfg.audio.sampling_rate)
+        for i in range(min(int(t.audio_clips), len(self.val_set))):
+            item = self.item(i)
+            mel = item["mel"][None].to(device)
+            gen = torch.Generator(device=device).manual_seed(int(t.seed) + i)
+            audio = self.model.infer(mel, sigma=float(t.audio_sigma), generator=gen)[0]
+            audio = torch.nan_to_num(audio.float(), nan=0.0, posinf=1.0, neginf=-1.0).clamp(-1, 1)
+            monitor.audio(step, f"audio/val_{i}", audio, sr)
+            monitor.mel_image(step, f"mel/val_{i}", item["mel"], frontend(audio).cpu())
+            if with_targets:
+                monitor.audio(0, f"audio/val_{i}_target", item["audio"], sr)
+
+
+def report_validation(state: LoopState, value: float, monitor: Monitor, metrics_path: Path, is_main: bool) -> None:
+    """Log a validation result (before the guard judges it): a log line, the scalar, a metrics line."""
+    if not is_main:
+        return
+    s = state
+    best_so_far = s.best_val_log_likelihood
+    if best_so_far is None:
+        note = ""
+    elif value > best_so_far:
+        note = f" (new best; previous {best_so_far:.4f} at step {s.best_step})"
+    else:
+        note = f" (best {best_so_far:.4f} at step {s.best_step})"
+    log.info(f"step {s.step}: val log-likelihood {value:.4f} nats/sample{note}")
+    monitor.scalars(s.step, {"val/log_likelihood": value})
+    append_metric(metrics_path, {"step": s.step, "val_log_likelihood": value})
