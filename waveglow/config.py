@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -341,9 +343,24 @@ _TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 _NOUNS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 
-def _kind(annotation: Any) -> type | None:
-    text = str(annotation).replace("Optional[", "").replace("list[", "").rstrip("]")
-    return _TYPES.get(text)
+def _unwrap(annotation: Any) -> tuple[Any, bool]:
+    """(the base type, whether it is a list) of `X`, `X | None`, `list[X]`, `list[X] | None`."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        annotation = args[0]
+    if typing.get_origin(annotation) is list:
+        return typing.get_args(annotation)[0], True
+    return annotation, False
+
+
+def field_kind(f: dataclasses.Field) -> tuple[Any, bool]:
+    """(base type, is a list) of a settings field: e.g. (int, False) for `int | None`."""
+    return _unwrap(f.type)
+
+
+def _kind(f: dataclasses.Field) -> type | None:
+    base, _ = field_kind(f)
+    return base if base in (int, float, bool, str) else None
 
 
 def _check_value(key: str, value: Any, meta: Mapping[str, Any], kind: Any) -> None:
@@ -386,7 +403,7 @@ def validate(obj: Any, prefix: str = "") -> Any:
         if dataclasses.is_dataclass(value):
             validate(value, key)
             continue
-        kind = _kind(f.type)
+        kind = _kind(f)
         if isinstance(value, list):
             for item in value:
                 _check_value(key, item, f.metadata, kind)
@@ -437,12 +454,9 @@ def from_dict(cls: type, values: Mapping[str, Any] | None, prefix: str = "", str
 
 
 def _dataclass_of(f: dataclasses.Field) -> type | None:
-    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        made = f.default_factory()  # type: ignore[misc]
-        if dataclasses.is_dataclass(made):
-            return type(made)
-    found = globals().get(str(f.type).replace("Optional[", "").rstrip("]"))
-    return found if isinstance(found, type) and dataclasses.is_dataclass(found) else None
+    """The settings class a field holds (`DataConfig` for `data`, also when optional), or None."""
+    base, is_list = field_kind(f)
+    return base if not is_list and isinstance(base, type) and dataclasses.is_dataclass(base) else None
 
 
 def unknown_key(key: str, known: list[str], nested: list[str] = ()) -> ConfigError:
@@ -470,3 +484,16 @@ def register_schemas() -> None:
         cs.store(group="schema", name=group, node=cls)
     for name, cls in APPS.items():
         cs.store(group="schema", name=name, node=cls)
+
+
+def _resolve_annotations() -> None:
+    # `from __future__ import annotations` leaves each field's type as a string; the checks above
+    # (and the CLI's) read `Field.type`, so it is set to the type the string names, once.
+    for cls in [*GROUPS.values(), *APPS.values(), SplitsConfig, DownloadConfig, WNConfig, GuardConfig,
+                PeakConfig, InferenceSettings]:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            f.type = hints[f.name]
+
+
+_resolve_annotations()

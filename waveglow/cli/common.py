@@ -76,7 +76,7 @@ def _schema_field(cls: type, path: Sequence[str]) -> tuple[bool, list[str]]:
         f = names[part]
         sub = C._dataclass_of(f)
         if i < len(path) - 1 and sub is None:
-            return str(f.type) in ("Any", "dict", "dict[str, Any]"), []
+            return C.field_kind(f)[0] in (Any, dict), []
         current = sub
     return True, []
 
@@ -158,7 +158,7 @@ def _is_text(cls: type, key: str) -> bool:
         if f is None:
             return False
         current = C._dataclass_of(f) or f
-    return isinstance(current, dataclasses.Field) and str(current.type) in ("str", "Optional[str]", "Any")
+    return isinstance(current, dataclasses.Field) and C.field_kind(current)[0] in (str, Any)
 
 
 def _field_type(cls: type, name: str) -> Any:
