@@ -90,8 +90,16 @@ class DataConfig:
     short_clip_policy: str = setting("noise", "clips shorter than a segment: noise (pad) | repeat | drop",
                                      choices=("noise", "repeat", "drop"))
     num_workers: int | None = setting(None, "preprocessing processes (null: number of cores)", min=1)
-    loader_workers: int = setting(0, "DataLoader worker processes during training", min=0)
+    loader_workers: Any = setting("auto", "DataLoader worker processes per training process: auto (from the "
+                                  "cores per process; 0 on small machines) or a number >= 0")
+    mel_dir: str | None = setting(None, "paired mels <clip id>.pt/.npy (e.g. Tacotron 2 GTA) used as the "
+                                  "conditioning instead of mels computed from the audio")
     download: DownloadConfig | None = setting(None, "where `waveglow-download` fetches the corpus")
+
+    def validate(self, prefix: str = "data") -> None:
+        w = self.loader_workers
+        if w != "auto" and not (isinstance(w, int) and not isinstance(w, bool) and w >= 0):
+            raise ConfigError(f"{prefix}.loader_workers={w}: expected auto or an integer >= 0")
 
 
 @dataclass
@@ -179,6 +187,11 @@ class TrainConfig:
     checkpoint_every: int = setting(2000, "write last.pt and step_<N>.pt every N steps", min=1)
     keep_checkpoints: int = setting(5, "newest step_<N>.pt files kept", min=0)
     init_from: str | None = setting(None, "checkpoint whose weights start a new run (fine-tuning)")
+    grad_accum: int = setting(1, "micro-batches per optimizer step (the gradient of batch_size x grad_accum)",
+                              min=1)
+    memory: str = setting("standard", "standard (store activations) | invertible (recompute each flow "
+                          "step's input from its output in the backward pass: constant memory in K)",
+                          choices=("standard", "invertible"))
     guard: GuardConfig = setting(factory=GuardConfig, help="divergence guards")
 
 
@@ -233,9 +246,14 @@ class InferenceSettings:
     progress: bool = setting(True, "progress bar over files")
 
 
+CONVENTIONS = ("natural", "log10", "db")
+
+
 @dataclass
 class SynthesizeApp(InferenceSettings):
     output_dir: str = setting(MISSING, "gets <stem>.wav per input")
+    input_convention: str = setting("natural", "the input mels' log: natural (Tacotron 2, this toolkit) | "
+                                    "log10 | db; converted to the model's natural log", choices=CONVENTIONS)
     sigma: float = setting(0.6, "std of the latent noise (0: deterministic)", min=0)
     batch_size: int = setting(8, "mels (or chunks) decoded together; outputs do not depend on it", min=1)
     denoiser_strength: float = setting(0.0, "> 0 subtracts that multiple of the model's bias spectrum", min=0)
@@ -256,6 +274,7 @@ class ResynthesizeApp(SynthesizeApp):
 @dataclass
 class ScoreApp(InferenceSettings):
     output: str = setting(MISSING, "scores.csv or scores.json")
+    input_convention: str = setting("natural", "(mel inputs only) natural | log10 | db", choices=CONVENTIONS)
     threshold: float = setting(8.0, "a frame is suspect when its robust z-score is below -threshold", gt=0)
     merge_gap: int = setting(2, "suspect frames at most this many frames apart form one region", min=0)
     dither: float = setting(0.0, "int16 LSBs of uniform noise added before scoring", min=0)
@@ -301,11 +320,53 @@ class BenchApp:
     segment_length: int = setting(16000, "train: audio samples per batch item", min=1)
     corpus: str = setting("data/demo", "preprocess: the corpus to time")
     isolate: bool = setting(True, "each case in a fresh process (clean memory peaks)")
-    engine: str = setting("model", "synthesis timed through model.infer | synthesizer",
-                          choices=("model", "synthesizer"))
+    memory: list[str] = setting(factory=lambda: ["standard"], help="train: standard | invertible (list to "
+                                "compare)", choices=("standard", "invertible"))
+    engine: str = setting("model", "synthesis timed through model.infer | synthesizer | onnxruntime",
+                          choices=("model", "synthesizer", "onnxruntime"))
     snr: bool = setting(True, "bf16/fp16 synthesis: SNR against fp32 with the same noise")
     peak: PeakConfig = field(default_factory=PeakConfig)
     output_dir: str | None = setting(None, "also write bench.jsonl and table.txt here")
+
+
+@dataclass
+class EnhanceApp(InferenceSettings):
+    """waveglow-enhance: likelihood-guided repair of damaged stretches of recordings."""
+
+    output_dir: str = setting(MISSING, "gets <stem>.wav per input (same rate, length and subtype) and the report")
+    threshold: float = setting(8.0, "a frame is suspect when its robust z-score is below -threshold", gt=0)
+    merge_gap: int = setting(2, "suspect frames at most this many frames apart form one region", min=0)
+    max_iters: int = setting(3, "score -> repair -> rescore rounds at most", min=1)
+    margin_ms: float = setting(20.0, "crossfade margin around each repaired region (ms)", min=0)
+    dry_run: bool = setting(False, "report the regions only, write no audio")
+    sigma: float = setting(0.6, "latent std of re-synthesized regions", min=0)
+    seed: int = setting(0, "noise seed of re-synthesized regions", min=0)
+    report: str = setting("enhance_report.csv", "the report's file name inside output_dir (.csv or .json)")
+
+
+@dataclass
+class ConvertApp(InferenceSettings):
+    """waveglow-convert: encode with the input's own mel, change the conditioning/latent, decode."""
+
+    output_dir: str = setting(MISSING, "gets <stem>.wav per input")
+    formant_shift: float = setting(1.0, "warp the mel's frequency axis by this factor (moves the envelope)", gt=0)
+    target: str | None = setting(None, "a second recording whose (DTW-aligned) mel replaces the source's")
+    latent_scale: float = setting(1.0, "scale z (detail <-> smoothness)", min=0)
+    format: str = setting("PCM_16", "PCM_16 | PCM_24 | FLOAT", choices=("PCM_16", "PCM_24", "FLOAT"))
+
+
+@dataclass
+class ExportApp:
+    """waveglow-export: the synthesis graph of a checkpoint as ONNX (or torch.export)."""
+
+    checkpoint: str = setting(MISSING, "a checkpoint of this toolkit")
+    output: str = setting(MISSING, "the file to write (.onnx, or .pt2 for format=pt2)")
+    format: str = setting("onnx", "onnx | pt2", choices=("onnx", "pt2"))
+    quantize: str | None = setting(None, "int8: static int8 quantization calibrated on a few mels",
+                                   choices=("int8",))
+    calibration: str | None = setting(None, "mels (file | folder | glob | filelist) for int8 calibration "
+                                      "(null: the demo corpus' mels)")
+    opset: int = setting(17, "ONNX opset", min=13)
 
 
 # config name (configs/<name>.yaml) -> its schema
@@ -319,6 +380,9 @@ APPS: dict[str, type] = {
     "waveglow_score": ScoreApp,
     "waveglow_import_nvidia": ImportNvidiaApp,
     "waveglow_bench": BenchApp,
+    "waveglow_enhance": EnhanceApp,
+    "waveglow_convert": ConvertApp,
+    "waveglow_export": ExportApp,
 }
 GROUPS: dict[str, type] = {"audio": AudioConfig, "data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 

@@ -24,7 +24,10 @@ REQUIRED = {"waveglow_mel": ("input=a.wav", "output_dir=o"),
             "waveglow_synthesize": ("checkpoint=c.pt", "input=m", "output_dir=o"),
             "waveglow_resynthesize": ("checkpoint=c.pt", "input=m", "output_dir=o"),
             "waveglow_score": ("checkpoint=c.pt", "input=m", "output=s.csv"),
-            "waveglow_import_nvidia": ("input=n.pt", "output=o.pt")}
+            "waveglow_import_nvidia": ("input=n.pt", "output=o.pt"),
+            "waveglow_enhance": ("checkpoint=c.pt", "input=m", "output_dir=o"),
+            "waveglow_convert": ("checkpoint=c.pt", "input=m", "output_dir=o"),
+            "waveglow_export": ("checkpoint=c.pt", "output=m.onnx")}
 
 
 @pytest.mark.parametrize("app", sorted(C.APPS))
@@ -32,7 +35,7 @@ def test_every_script_config_composes_into_its_schema(app: str) -> None:
     assert (CONFIG_DIR / f"{app}.yaml").is_file()
     cfg = compose(app, *REQUIRED.get(app, ()))
     assert type(cfg) is C.APPS[app]
-    if isinstance(cfg, C.InferenceSettings):
+    if isinstance(cfg, (C.InferenceSettings, C.ExportApp)):
         assert not hasattr(cfg, "audio")  # the checkpoint's audio settings are used
     else:
         assert type(cfg.audio) is C.AudioConfig and cfg.audio.sampling_rate == 22050

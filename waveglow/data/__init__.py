@@ -26,7 +26,6 @@ from waveglow.data.inputs import InputFile, resolve_inputs
 from waveglow.data.preprocess import (
     CorpusSettings,
     PreprocessReport,
-    available_cores,
     feature_settings,
     features_match,
     load_stats,
@@ -36,6 +35,6 @@ from waveglow.data.preprocess import (
 __all__ = [
     "AUDIO_SUFFIXES", "OTHER_AUDIO_SUFFIXES", "FOLDER_HINT", "LJSPEECH_HINT", "SPLITS", "PAD_NOISE_STD",
     "BadFile", "Clip", "Corpus", "CorpusSettings", "ClipInfo", "ClipDataset", "SegmentDataset", "InputFile", "PreprocessReport",
-    "available_cores", "cache_dir", "corpus_root", "discover_corpus", "ensure_splits", "feature_settings",
+    "cache_dir", "corpus_root", "discover_corpus", "ensure_splits", "feature_settings",
     "features_match", "load_stats", "preprocess_corpus", "resolve_inputs", "split_clips",
 ]

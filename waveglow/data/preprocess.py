@@ -30,6 +30,7 @@ from waveglow.data.corpus import SPLITS, BadFile, Corpus, cache_dir, discover_co
 from waveglow.errors import UserError
 from waveglow.fileio import atomic_write, remove_stale_temps, write_text_atomic
 from waveglow.mel import MelSpectrogram, MelStats, load_mel, save_mel
+from waveglow.runtime import available_cores
 
 log = logging.getLogger("waveglow.data")
 
@@ -46,14 +47,6 @@ def feature_settings(audio_cfg: AudioConfig) -> dict[str, Any]:
     return {"sampling_rate": m.sampling_rate, "n_fft": m.n_fft, "hop_length": m.hop_length,
             "win_length": m.win_length, "n_mels": m.n_mels, "fmin": m.fmin, "fmax": m.fmax,
             "log_clamp": m.log_clamp}
-
-
-def available_cores() -> int:
-    """CPU cores this process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 # ----------------------------------------------------------------------------- preprocessing

@@ -27,7 +27,13 @@ from waveglow.checkpoint import build_model
 from waveglow.config import TrainApp, to_dict
 from waveglow.errors import UserError
 from waveglow.fileio import write_text_atomic
-from waveglow.runtime import precision_name, resolve_precision, seed_everything, set_deterministic
+from waveglow.runtime import (
+    precision_name,
+    resolve_loader_workers,
+    resolve_precision,
+    seed_everything,
+    set_deterministic,
+)
 from waveglow.train.checkpoints import Checkpointer, WriteFn
 from waveglow.train.distributed import DistContext
 from waveglow.train.guard import Guard
@@ -343,7 +349,7 @@ def _configure_numerics(cfg: TrainApp, device: torch.device) -> int:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     if deterministic:
         set_deterministic(True)
-    workers = int(cfg.data.loader_workers or 0)
+    workers = resolve_loader_workers(cfg.data.loader_workers)
     if deterministic and workers:
         log.info("train.deterministic: loading data in the main process (data.loader_workers=0)")
         workers = 0
