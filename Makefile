@@ -27,7 +27,7 @@ OUT    ?= outputs/synth
 LJSPEECH_URL    ?= https://data.keithito.com/data/speech/LJSpeech-1.1.tar.bz2
 LJSPEECH_SHA256 ?= be1a30453f28eb8dd26af4101ae40cbf2c50413b1bb21936cbcdc6fae3de8aa5
 
-.PHONY: help install test test-all demo ljspeech preprocess train synthesize tensorboard bench lint clean
+.PHONY: help install test test-all demo ljspeech preprocess train synthesize tensorboard bench gpu-check lint clean
 
 help: ## list the targets
 	@echo "WaveGlow toolkit — make targets:"
@@ -82,6 +82,9 @@ tensorboard: install ## serve the training curves of every run under checkpoints
 
 bench: install ## speed table (kHz, real-time factor, % of machine peak) for tiny, squeeze and waveglow_256
 	$(BIN)/waveglow-bench $(ARGS)
+
+gpu-check: install ## everything CUDA in one run: CUDA tests, fp16/bf16 training, synthesis kHz + SNR, bench (< 8 min on one GPU)
+	$(PY) scripts/gpu_check.py
 
 lint: install ## ruff
 	$(BIN)/ruff check waveglow tests scripts

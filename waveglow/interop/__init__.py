@@ -2,14 +2,13 @@
 checkpoint conversion built on it."""
 
 from waveglow.interop.nvidia import (
-    NvidiaCheckpoint,
     NvidiaLayout,
     convert_nvidia,
     convert_state,
     import_nvidia,
     infer_layout,
-    read_nvidia_checkpoint,
 )
+from waveglow.interop.nvidia_file import NvidiaCheckpoint, read_nvidia_checkpoint
 from waveglow.interop.pickle_reader import (
     InertObject,
     RestrictedUnpickler,
