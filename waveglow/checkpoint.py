@@ -108,7 +108,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: checkpoint not found")
+        where = "" if path.is_absolute() else f" (looked in {path.resolve()})"
+        what = "a folder, not a checkpoint file" if path.is_dir() else "checkpoint not found"
+        raise UserError(f"{path}: {what}{where}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
