@@ -113,6 +113,50 @@ def set_deterministic(mode: bool) -> None:
         torch._C._set_deterministic_algorithms(mode)
 
 
+def _tf32_state() -> tuple:
+    """The current TF32 switches (the fp32_precision API where torch has it: mixing it with the
+    legacy allow_tf32 flags makes torch refuse to read them)."""
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        return ("precision", torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision)
+    return ("legacy", torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+
+
+def _set_tf32_state(state: tuple) -> None:
+    api, matmul, conv = state
+    if api == "precision":
+        torch.backends.cuda.matmul.fp32_precision = matmul
+        torch.backends.cudnn.conv.fp32_precision = conv
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+        torch.backends.cudnn.allow_tf32 = conv
+
+
+def set_tf32(enabled: bool) -> tuple:
+    """Allow (or forbid) TF32 in CUDA float32 matmuls and convolutions, process-wide.
+
+    Returns:
+        The previous state, for `restore_tf32` (training restores it when it closes).
+    """
+    before = _tf32_state()
+    if before[0] == "precision":
+        value = "tf32" if enabled else "ieee"
+        _set_tf32_state(("precision", value, value))
+    else:
+        _set_tf32_state(("legacy", enabled, enabled))
+    return before
+
+
+def restore_tf32(state: tuple) -> None:
+    """Put back what `set_tf32` returned."""
+    _set_tf32_state(state)
+
+
+def tf32_allowed() -> bool:
+    """Whether CUDA float32 convolutions may currently run in TF32."""
+    api, _, conv = _tf32_state()
+    return conv in ("tf32", "none") if api == "precision" else bool(conv)
+
+
 @contextlib.contextmanager
 def exact_fp32(device: torch.device | str) -> Iterator[None]:
     """float32 kernels without TF32 on CUDA, for the parts whose exactness the likelihood needs.
@@ -121,19 +165,16 @@ def exact_fp32(device: torch.device | str) -> Iterator[None]:
     10 mantissa bits (~1e-3 relative): the 1×1 convolution would no longer be the inverse of its
     inverse and log-likelihoods would be off. The 1×1 convolutions, validation, scoring and
     encode/decode run inside this context; the conditioner's training convolutions may use TF32.
-    Restores the previous global flags; a no-op on the CPU.
+    Restores the previous switches; a no-op on the CPU.
     """
     if torch.device(device).type != "cuda":
         yield
         return
-    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    before = set_tf32(False)
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = matmul
-        torch.backends.cudnn.allow_tf32 = cudnn
+        restore_tf32(before)
 
 
 def available_cores() -> int:
