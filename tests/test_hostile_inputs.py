@@ -19,6 +19,7 @@ selected rows concurrently once (`outcomes`) and each test only checks its row's
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -399,6 +400,107 @@ def b_pickle_in_mel(d: Path, s: Shared) -> Plan:
     return plan
 
 
+def npy_with_header(path: Path, shape: tuple[int, ...], descr: str = "<f4", fortran: bool = False,
+                    data: bytes = b"") -> Path:
+    """An .npy file whose header says `shape`/`descr` followed by `data` (which may be far less)."""
+    header = {"descr": descr, "fortran_order": fortran, "shape": shape}
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, header)  # magic, header length, header
+    return write_bytes(path, buf.getvalue() + data)
+
+
+def b_pt_zero_bytes(d: Path, s: Shared) -> Plan:
+    return synth_error(d, s, write_bytes(d / "zero.pt", b""), r"empty.*0 bytes")
+
+
+def b_npy_header_promises_more(d: Path, s: Shared) -> Plan:
+    # The header promises 80 x 100,000 float32 (32 MB); 400 bytes follow.
+    path = npy_with_header(d / "liar.npy", (N_MELS, 100_000), data=b"\0" * 400)
+    return synth_error(d, s, path, r"truncated.*header promises")
+
+
+def b_npy_huge_frame_count(d: Path, s: Shared) -> Plan:
+    # 80 x 2^40 float32 would be 320 TiB: must be refused from the header, never allocated.
+    path = npy_with_header(d / "huge.npy", (N_MELS, 2**40), data=good_mel().numpy().tobytes())
+    return synth_error(d, s, path, r"truncated.*header promises")
+
+
+def b_mel_file_neighbours(d: Path, s: Shared) -> Plan:
+    """The neighbours of the lying-file kinds, on_error=skip in one run: each bad file named with
+    its problem, the unusual but valid ones (Fortran order, big-endian float64) synthesized."""
+    inp, out = d / "mels", d / "out"
+    inp.mkdir()
+    objects = inp / "objects.npy"
+    np.save(objects, np.array([{"mel": 1}], dtype=object), allow_pickle=True)
+    np.save(inp / "ints.npy", np.zeros((N_MELS, 20), dtype=np.int16))
+    np.save(inp / "complex.npy", good_mel().numpy().astype(np.complex64))
+    np.save(inp / "fortran.npy", np.asfortranarray(good_mel(20, seed=3).numpy()))
+    np.save(inp / "big_endian.npy", good_mel(17, seed=4).numpy().astype(">f8"))
+    bad = {
+        write_bytes(inp / "zero.npy", b""): r"empty.*0 bytes",
+        objects: r"dtype object",
+        inp / "ints.npy": r"float array.*dtype int16",
+        inp / "complex.npy": r"float array.*dtype complex64",
+        write_bytes(inp / "notes.npy", b"80 20\n1 2 3\n" * 10): r"not a readable \.npy",
+        write_bytes(inp / "magic.npy", np.lib.format.magic(1, 0)): r"not a readable \.npy",
+        npy_with_header(inp / "short.npy", (N_MELS, 20), data=b"\0" * 100): r"truncated.*header promises",
+        write_pt(inp / "complex_t.pt", good_mel().to(torch.complex64)): r"dtype.*complex",
+        write_pt(inp / "ints_t.pt", torch.zeros(N_MELS, 20, dtype=torch.int32)): r"dtype.*int32",
+        write_pt(inp / "bools.pt", torch.ones(N_MELS, 20, dtype=torch.bool)): r"dtype.*bool",
+        write_pt(inp / "scalar.pt", torch.tensor(-4.0)): r"shape",
+        write_pt(inp / "nested.pt", {"a": [good_mel()]}): r"dict.*not a tensor",
+    }
+
+    def check(proc: subprocess.CompletedProcess) -> None:
+        for stem, frames in (("fortran", 20), ("big_endian", 17)):
+            audio, sr = sf.read(out / f"{stem}.wav", dtype="float32")
+            assert sr == SR and audio.shape == (HOP * frames,)
+        assert f"{len(bad)} files skipped" in proc.stdout, proc.stdout
+
+    return Plan(synth_args(s, inp, out, "on_error=skip"), expect="skip", out_dirs=[out],
+                bad_stems=[p.stem for p in bad], skipped={str(p): problem for p, problem in bad.items()},
+                check=check)
+
+
+def b_pt_sparse(d: Path, s: Shared) -> Plan:
+    return synth_error(d, s, write_pt(d / "sparse.pt", good_mel().to_sparse()), r"sparse")
+
+
+def b_mel_absurd_values(d: Path, s: Shared) -> Plan:
+    mel = good_mel()
+    mel[:, 5] = 1e30
+    return synth_error(d, s, write_pt(d / "absurd.pt", mel), r"beyond any log-mel convention")
+
+
+def b_mel_constant(d: Path, s: Shared) -> Plan:
+    return synth_error(d, s, write_pt(d / "flat.pt", torch.zeros(N_MELS, 20)), r"constant")
+
+
+def b_mel_db_convention_warns(d: Path, s: Shared) -> Plan:
+    """A dB mel given as natural log: written, with ONE warning line that names the fix."""
+    out = d / "out"
+    path = write_pt(d / "decibels.pt", good_mel(40, seed=5) * 20 / float(np.log(10.0)))
+    plan = Plan(synth_args(s, path, out), expect="ok")
+
+    def check(proc: subprocess.CompletedProcess) -> None:
+        audio, sr = sf.read(out / "decibels.wav", dtype="float32")
+        assert sr == SR and audio.shape == (HOP * 40,)
+        hints = [line for line in proc.stderr.splitlines() if "looks like" in line]
+        assert len(hints) == 1 and "dB" in hints[0] and "input_convention=db" in hints[0], proc.stderr
+
+    plan.check = check
+    return plan
+
+
+def b_mel_folder_other_rate(d: Path, s: Shared) -> Plan:
+    """Mels that waveglow-mel made at 16 kHz (its mel.config.yaml says so) for a 22.05 kHz model."""
+    folder, out = d / "mels16k", d / "out"
+    write_pt(folder / "a.pt", good_mel())
+    (folder / "mel.config.yaml").write_text("audio:\n  sampling_rate: 16000\n  hop_length: 200\n  n_mels: 80\n")
+    return Plan(synth_args(s, folder, out), names=[str(folder / "a.pt"), "16000 Hz", "22050 Hz"],
+                problem=r"made at", out_dirs=[out], bad_stems=["a"])
+
+
 def b_mels_skip(d: Path, s: Shared) -> Plan:
     """Several bad mels next to a good one, on_error=skip: the good one is synthesized."""
     inp = d / "mels"
@@ -423,6 +525,7 @@ def b_mels_skip(d: Path, s: Shared) -> Plan:
         audio, sr = sf.read(out / "good.wav", dtype="float32")
         assert sr == SR and audio.shape == (HOP * 20,)
         assert f"{len(bad)} files skipped" in proc.stdout, proc.stdout
+        assert "synthesized 1 file," in proc.stdout, proc.stdout  # never "1 files"
 
     return Plan(synth_args(s, inp, out, "on_error=skip"), expect="skip", out_dirs=[out],
                 bad_stems=[p.stem for p in bad], sentinel=sentinel,
@@ -717,6 +820,15 @@ CASES: list[Case] = [
     Case("pt-dict-not-tensor", SYN, b_pt_dict),
     Case("pickle-in-mel-pt", SYN, b_pickle_in_mel),
     Case("mels-mixed-on-error-skip", SYN, b_mels_skip),
+    Case("pt-0-bytes", SYN, b_pt_zero_bytes),
+    Case("npy-header-promises-more-data", SYN, b_npy_header_promises_more),
+    Case("npy-header-huge-frame-count", SYN, b_npy_huge_frame_count),
+    Case("mel-file-neighbours-on-error-skip", SYN, b_mel_file_neighbours),
+    Case("pt-sparse-tensor", SYN, b_pt_sparse),
+    Case("mel-absurd-values", SYN, b_mel_absurd_values),
+    Case("mel-constant", SYN, b_mel_constant),
+    Case("mel-db-given-as-natural-warns", SYN, b_mel_db_convention_warns),
+    Case("mel-folder-made-at-other-rate", SYN, b_mel_folder_other_rate),
     # checkpoints
     Case("ckpt-other-model-config", SYN, b_ckpt_other_model_config),
     Case("ckpt-other-format-version", SCORE, b_ckpt_other_format_version),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 from pathlib import Path
@@ -213,7 +214,7 @@ def test_load_errors(tmp_path: Path) -> None:
     expect("inf.pt", torch.full((N_MELS, 3), float("inf")), "NaN or Inf")
     expect("int.pt", torch.ones(N_MELS, 3, dtype=torch.int64), "float")
     expect("dict.pt", {"mel": torch.randn(N_MELS, 3)}, "holds a dict, not a tensor")
-    expect("obj.npy", np.array([{"a": 1}], dtype=object), "not a numeric",
+    expect("obj.npy", np.array([{"a": 1}], dtype=object), "float array.*dtype object",
            writer=lambda o, p: np.save(p, o, allow_pickle=True))
 
     truncated = tmp_path / "truncated.pt"
@@ -287,3 +288,28 @@ def test_mel_stats_floor_and_errors() -> None:
     assert (stats.std() == 1e-5).all()
     with pytest.raises(ValueError):
         stats.update(np.zeros((4, 2)))
+
+
+def test_load_distrusts_the_file(tmp_path: Path) -> None:
+    # Files that lie: each is one UserError naming the file, and nothing is allocated from a header.
+    def refused(path: Path, match: str) -> None:
+        with pytest.raises(UserError, match=match) as e:
+            load_mel(path, N_MELS)
+        assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+    (tmp_path / "zero.pt").write_bytes(b"")
+    refused(tmp_path / "zero.pt", "empty file")
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": (N_MELS, 2**40)})
+    (tmp_path / "huge.npy").write_bytes(buf.getvalue() + b"\0" * 4096)
+    refused(tmp_path / "huge.npy", r"header promises shape \[80, 1099511627776\]")
+    torch.save(torch.randn(N_MELS, 4).to_sparse(), tmp_path / "sparse.pt")
+    refused(tmp_path / "sparse.pt", "sparse")
+    torch.save(torch.full((N_MELS, 4), 1e30), tmp_path / "absurd.pt")
+    refused(tmp_path / "absurd.pt", "beyond any log-mel convention")
+    torch.save(torch.zeros(N_MELS, 4), tmp_path / "const.pt")
+    refused(tmp_path / "const.pt", "constant")
+    # Valid but unusual layouts load as they are.
+    mel = torch.randn(N_MELS, 9)
+    np.save(tmp_path / "f.npy", np.asfortranarray(mel.numpy().astype(">f8")))
+    assert torch.allclose(load_mel(tmp_path / "f.npy", N_MELS), mel)

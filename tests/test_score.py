@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import shutil
 
 import pytest
 import soundfile as sf
@@ -14,6 +16,7 @@ from conftest import run_cli
 from test_synthesize import tiny_config
 
 from waveglow.checkpoint import FORMAT_VERSION, build_model, save_checkpoint
+from waveglow.errors import UserError
 from waveglow.inference import (
     Scorer,
     Synthesizer,
@@ -180,3 +183,25 @@ def test_score_cli_writes_json_and_csv(trained, demo_root, tmp_path):
     assert [p.name for p in written] == ["s.csv", "s_frames.csv"]
     assert written[0].read_text().splitlines()[0].startswith("file,seconds,samples,nats_per_sample")
     assert len(written[1].read_text().splitlines()) == 1 + len(scores[0].frame_nats)
+
+
+def test_given_mels_in_another_convention(scorer, demo_root, tmp_path):
+    # A mel given for the audio (e.g. a TTS's, here the frontend's own in dB) scores like the
+    # audio's own mel once its convention is declared; mel_dir finds it by the input's name.
+    audio = load(demo_root, "DEMO001-0002")
+    own = scorer.score_audio(audio, "a")
+    mel_db = scorer.mel_fn(audio) * 20 / math.log(10.0)
+    given = scorer.score_audio(audio, "a", mel=mel_db, input_convention="db")
+    assert abs(given.nats_per_sample - own.nats_per_sample) < 1e-4
+    wav = tmp_path / "wavs" / "DEMO001-0002.wav"
+    wav.parent.mkdir()
+    shutil.copy(demo_root / "wavs" / "DEMO001-0002.wav", wav)
+    (tmp_path / "mels").mkdir()
+    torch.save(mel_db, tmp_path / "mels" / "DEMO001-0002.pt")
+    scores, _ = scorer.score_files(tmp_path / "wavs", progress=False, mel_dir=tmp_path / "mels",
+                                   input_convention="db")
+    assert abs(scores[0].nats_per_sample - own.nats_per_sample) < 1e-4
+    with pytest.raises(UserError, match="mel_dir"):
+        scorer.score_files(tmp_path / "wavs", progress=False, input_convention="db")
+    with pytest.raises(UserError, match="at least"):
+        scorer.score_audio(audio, "a", mel=mel_db[:, :10], input_convention="db")

@@ -274,7 +274,9 @@ class ResynthesizeApp(SynthesizeApp):
 @dataclass
 class ScoreApp(InferenceSettings):
     output: str = setting(MISSING, "scores.csv or scores.json")
-    input_convention: str = setting("natural", "(mel inputs only) natural | log10 | db", choices=CONVENTIONS)
+    mel_dir: str | None = setting(None, "score against given mels <mel_dir>/<name>.pt|.npy (e.g. a TTS's) "
+                                  "instead of mels computed from the audio")
+    input_convention: str = setting("natural", "(with mel_dir) natural | log10 | db", choices=CONVENTIONS)
     threshold: float = setting(8.0, "a frame is suspect when its robust z-score is below -threshold", gt=0)
     merge_gap: int = setting(2, "suspect frames at most this many frames apart form one region", min=0)
     dither: float = setting(0.0, "int16 LSBs of uniform noise added before scoring", min=0)
@@ -334,13 +336,15 @@ class EnhanceApp(InferenceSettings):
     """waveglow-enhance: likelihood-guided repair of damaged stretches of recordings."""
 
     output_dir: str = setting(MISSING, "gets <stem>.wav per input (same rate, length and subtype) and the report")
-    threshold: float = setting(8.0, "a frame is suspect when its robust z-score is below -threshold", gt=0)
+    threshold: float = setting(5.0, "a frame is suspect when its robust z-score is below -threshold (clean demo "
+                               "speech stays above -4)", gt=0)
     merge_gap: int = setting(2, "suspect frames at most this many frames apart form one region", min=0)
     max_iters: int = setting(3, "score -> repair -> rescore rounds at most", min=1)
     margin_ms: float = setting(20.0, "crossfade margin around each repaired region (ms)", min=0)
     dry_run: bool = setting(False, "report the regions only, write no audio")
-    sigma: float = setting(0.6, "latent std of re-synthesized regions", min=0)
-    seed: int = setting(0, "noise seed of re-synthesized regions", min=0)
+    sigma: float = setting(0.0, "latent std inside a repaired span, relative to the latent around it "
+                           "(0: the model's mean given the interpolated mel, the smoothest fill)", min=0)
+    seed: int = setting(0, "noise seed of repaired spans (used when sigma > 0)", min=0)
     report: str = setting("enhance_report.csv", "the report's file name inside output_dir (.csv or .json)")
 
 
@@ -362,10 +366,10 @@ class ExportApp:
     checkpoint: str = setting(MISSING, "a checkpoint of this toolkit")
     output: str = setting(MISSING, "the file to write (.onnx, or .pt2 for format=pt2)")
     format: str = setting("onnx", "onnx | pt2", choices=("onnx", "pt2"))
-    quantize: str | None = setting(None, "int8: static int8 quantization calibrated on a few mels",
-                                   choices=("int8",))
-    calibration: str | None = setting(None, "mels (file | folder | glob | filelist) for int8 calibration "
-                                      "(null: the demo corpus' mels)")
+    quantize: str | None = setting(None, "int8: static int8 quantization of the conditioners, calibrated "
+                                   "on a few mels; refused below 20 dB SNR against fp32", choices=("int8",))
+    calibration: str | None = setting(None, "int8 calibration: mels (.pt/.npy) or audio (.wav/.flac) as a "
+                                      "file | folder | glob | filelist (null: data/demo/wavs)")
     opset: int = setting(17, "ONNX opset", min=13)
 
 

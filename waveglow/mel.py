@@ -8,6 +8,7 @@ filterbank, and natural log of the magnitude clamped at 1e-5.
 from __future__ import annotations
 
 import io
+import math
 import os
 import pickle
 import zipfile
@@ -125,8 +126,42 @@ class MelSpectrogram(nn.Module):
         return mel[0] if squeeze else mel
 
 
+# Conventions of log-mels in the wild, and how each maps to this toolkit's natural log of the
+# magnitude: log10 (many TTS frontends) and dB = 20·log10 (librosa's amplitude_to_db, and
+# power_to_db of a power mel, which is the same number).
+CONVENTIONS = ("natural", "log10", "db")
+_TO_NATURAL = {"natural": 1.0, "log10": math.log(10.0), "db": math.log(10.0) / 20.0}
+# No log-mel convention comes near this magnitude (a dB mel of float32 audio stays within ±1000):
+# beyond it, the file holds something else and would synthesize clipped noise.
+ABSURD_MAGNITUDE = 1.0e4
+
+
+def to_natural(mel: torch.Tensor, convention: str) -> torch.Tensor:
+    """A log-mel in `convention` ("natural", "log10" or "db") as natural log of the magnitude.
+
+    Args:
+        mel: [..., n_mels, F].
+        convention: one of `CONVENTIONS`.
+
+    Returns:
+        The same shape; `mel` itself for "natural".
+    """
+    if convention not in _TO_NATURAL:
+        raise UserError(f"input_convention={convention}: expected one of {', '.join(CONVENTIONS)}")
+    return mel if convention == "natural" else mel * _TO_NATURAL[convention]
+
+
+def convention_scale(convention: str) -> float:
+    """Natural-log units per unit of `convention` (1 for natural, ln 10 for log10, ln 10 / 20 for dB)."""
+    return _TO_NATURAL[convention]
+
+
 def load_mel(path: str | os.PathLike, n_mels: int) -> torch.Tensor:
     """Read a mel file written by this toolkit, Tacotron 2 or NVIDIA inference scripts.
+
+    Every file is distrusted: its size is checked before anything is read, an .npy header is
+    checked against the bytes that follow it (so a header that promises terabytes allocates
+    nothing), and the values must look like a spectrogram (`check_mel_values`).
 
     Args:
         path: `.pt` (a plain tensor saved with torch.save; loaded with weights_only=True) or `.npy`.
@@ -136,23 +171,26 @@ def load_mel(path: str | os.PathLike, n_mels: int) -> torch.Tensor:
         float32 [n_mels, F] (a leading batch axis of 1 is dropped).
 
     Raises:
-        UserError: missing/truncated/not-a-tensor file, wrong shape, empty, NaN/Inf.
+        UserError: one line naming the file: missing, empty, truncated, not a dense real float
+            tensor, wrong shape, no frames, NaN/Inf, constant or absurd values.
     """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such mel file")
     suffix = path.suffix.lower()
-    if suffix == ".pt":
-        mel = _load_pt(path)
-    elif suffix == ".npy":
-        mel = _load_npy(path)
-    else:
+    if suffix not in MEL_SUFFIXES:
         raise UserError(f"{path}: unknown mel file type {path.suffix!r}; expected .pt or .npy")
-    return check_mel(mel, n_mels, str(path))
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: empty file (0 bytes); expected a float tensor [n_mels={n_mels}, frames]")
+    mel = _load_pt(path) if suffix == ".pt" else _load_npy(path)
+    return check_mel_values(check_mel(mel, n_mels, str(path)), str(path))
 
 
 def check_mel(mel: torch.Tensor, n_mels: int, name: str = "mel") -> torch.Tensor:
     """Validate a mel tensor: float32 [n_mels, F] with F >= 1 and finite values (see `load_mel`)."""
+    if mel.layout != torch.strided:
+        raise UserError(f"{name}: a {str(mel.layout).replace('torch.', '')} tensor; expected a dense float "
+                        f"tensor [n_mels={n_mels}, frames]")
     if not mel.is_floating_point():
         raise UserError(f"{name}: expected a real float tensor [n_mels={n_mels}, frames], got dtype {mel.dtype}")
     if mel.dim() == 3 and mel.shape[0] == 1:
@@ -171,6 +209,36 @@ def check_mel(mel: torch.Tensor, n_mels: int, name: str = "mel") -> torch.Tensor
     return mel.contiguous()
 
 
+def check_mel_values(mel: torch.Tensor, name: str = "mel", constant_ok: bool = False) -> torch.Tensor:
+    """Refuse values no log-mel convention produces: magnitudes beyond `ABSURD_MAGNITUDE`, or
+    one value everywhere (a constant "mel" carries no signal; synthesized, it is the model's bias
+    tone). Checked for inputs to synthesis, not for the frontend's own output.
+
+    Args:
+        mel: float [n_mels, F] (finite; see `check_mel`).
+        name: the file or argument named in the error.
+        constant_ok: skip the constant check (a piece of a stream, judged as a whole at its end).
+
+    Returns:
+        `mel`.
+    """
+    peak = float(mel.abs().max())
+    if peak > ABSURD_MAGNITUDE:
+        raise UserError(f"{name}: values up to {peak:.3g} are beyond any log-mel convention (natural, log10, "
+                        f"dB stay within ±{ABSURD_MAGNITUDE:g}); expected a log-mel spectrogram")
+    lo = float(mel.min())
+    if not constant_ok and mel.numel() > 1 and lo == float(mel.max()):
+        raise UserError(f"{name}: every value is {lo:g} (a constant, not a spectrogram); expected a log-mel "
+                        "spectrogram")
+    return mel
+
+
+def _first_line(e: BaseException) -> str:
+    """The first line of an exception's message, or its type when it has none."""
+    lines = str(e).strip().splitlines()
+    return lines[0][:120] if lines else type(e).__name__
+
+
 def _load_pt(path: Path) -> torch.Tensor:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -179,8 +247,9 @@ def _load_pt(path: Path) -> torch.Tensor:
         # would run code on load. Never retry without it.
         raise UserError(f"{path}: not a tensor file (refused to unpickle arbitrary objects); "
                         "expected a float tensor [n_mels, frames] saved with torch.save") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as e:
-        raise UserError(f"{path}: truncated or corrupt .pt file ({str(e).splitlines()[0][:120]}); "
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, IndexError,
+            TypeError, AttributeError, MemoryError) as e:
+        raise UserError(f"{path}: truncated or corrupt .pt file ({_first_line(e)}); "
                         "expected a float tensor [n_mels, frames] saved with torch.save") from None
     if not isinstance(obj, torch.Tensor):
         raise UserError(f"{path}: holds a {type(obj).__name__}, not a tensor; expected a float tensor "
@@ -189,14 +258,40 @@ def _load_pt(path: Path) -> torch.Tensor:
 
 
 def _load_npy(path: Path) -> torch.Tensor:
+    """An .npy array, its header checked against the file before any data is read.
+
+    numpy allocates what the header declares; a header that lies (or a truncated file) would
+    otherwise ask for hundreds of GiB. The data is memory-mapped, so only what the file really
+    holds is read.
+    """
+    size = path.stat().st_size
     try:
-        arr = np.load(path, allow_pickle=False)
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran_order, dtype = read_header(f)
+            offset = f.tell()
+    except (ValueError, EOFError, OSError, SyntaxError, TypeError) as e:
+        raise UserError(f"{path}: not a readable .npy file ({_first_line(e)}); expected a float array "
+                        "[n_mels, frames]") from None
+    if dtype.hasobject or dtype.kind != "f":
+        raise UserError(f"{path}: expected a float array [n_mels, frames], got dtype {dtype}")
+    if len(shape) not in (2, 3) or 0 in shape:
+        # Shape errors are reported by check_mel with the channel hint; an empty or 1-D array
+        # is cheap to build, so let it through to get the same message.
+        if math.prod(shape) * dtype.itemsize > 16 * 2**20:
+            raise UserError(f"{path}: expected a mel spectrogram [n_mels, frames], got shape {list(shape)}")
+    need = math.prod(shape) * dtype.itemsize
+    if need > size - offset:
+        raise UserError(f"{path}: truncated .npy file: its header promises shape {list(shape)} ({need:,} bytes "
+                        f"of {dtype}) but the file holds {max(size - offset, 0):,} bytes of data")
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False) if need else np.load(path, allow_pickle=False)
+        arr = np.array(arr, dtype=np.float32, order="C")  # reads the mapped bytes once
     except (ValueError, EOFError, OSError) as e:
-        raise UserError(f"{path}: truncated or not a numeric .npy array ({str(e).splitlines()[0][:120]})") from None
-    if not isinstance(arr, np.ndarray) or arr.dtype.kind != "f":
-        raise UserError(f"{path}: expected a float array [n_mels, frames], got dtype "
-                        f"{getattr(arr, 'dtype', type(arr).__name__)}")
-    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+        raise UserError(f"{path}: truncated or not a numeric .npy array ({_first_line(e)})") from None
+    return torch.from_numpy(arr)
 
 
 def save_mel(path: str | os.PathLike, mel: torch.Tensor | np.ndarray) -> Path:

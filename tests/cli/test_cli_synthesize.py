@@ -123,3 +123,22 @@ def test_resynthesize_reports_distances(workdir, demo_root):
         ref = sf.info(str(root / "wavs" / f"{clip}.wav"))
         got = sf.info(str(out / f"{clip}.wav"))
         assert got.frames == ref.frames and got.samplerate == ref.samplerate
+
+
+def test_input_convention_log10_and_quiet_logs(workdir, tmp_path):
+    # TTS-style log10 mels: with input_convention=log10 they give the natural-log synthesis; the
+    # progress bar (on by default) stays out of a redirected log; "1 file", never "1 files".
+    root, ckpt = workdir
+    clip = CLIPS[0]
+    mel = torch.load(root / "mels" / f"{clip}.pt", weights_only=True)
+    d = tmp_path / "log10"
+    d.mkdir()
+    torch.save(mel / torch.log(torch.tensor(10.0)), d / f"{clip}.pt")
+    out = tmp_path / "out"
+    proc = run_cli("waveglow-synthesize", f"checkpoint={ckpt}", f"input={d}", f"output_dir={out}",
+                   "input_convention=log10", "format=FLOAT", "seed=3", env=ONE_THREAD)
+    assert "\r" not in proc.stderr and "looks like" not in proc.stderr, proc.stderr
+    assert "synthesized 1 file," in proc.stdout and "1 files" not in proc.stdout
+    audio, _ = sf.read(out / f"{clip}.wav", dtype="float32")
+    natural = Synthesizer(ckpt, device="cpu").from_mel(mel, seed=3, key=clip).clamp(-1, 1)
+    assert (torch.from_numpy(audio) - natural).abs().max().item() < 1e-4

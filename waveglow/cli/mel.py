@@ -43,8 +43,9 @@ def main(cfg: MelApp) -> None:
     failures: list[str] = []
     seconds = 0.0
     t0 = time.perf_counter()
+    bar = cfg.progress and len(inputs) > 1 and sys.stderr.isatty()  # no `\r` redraws in a redirected log
     for audio_path, rel in tqdm(inputs, unit="file", desc="mels", file=sys.stderr, mininterval=0.5,
-                                disable=not cfg.progress or len(inputs) < 2):
+                                disable=not bar):
         try:
             audio = torch.from_numpy(load_audio(audio_path, sr, warn=warn))
             mel_fn = mel_fn or MelSpectrogram.from_config(cfg.audio)

@@ -12,6 +12,7 @@ import logging
 from waveglow.cli.common import Script, app, save_config_beside
 from waveglow.cli.synthesize import input_spec, make_synthesizer, report_failures
 from waveglow.config import ResynthesizeApp
+from waveglow.errors import UserError
 from waveglow.inference import resynthesize
 
 log = logging.getLogger("waveglow.resynthesize")
@@ -30,6 +31,9 @@ SCRIPT = Script(
 @app(SCRIPT)
 def main(cfg: ResynthesizeApp) -> None:
     """Resynthesize every input file and report the distances."""
+    if cfg.input_convention != "natural":
+        raise UserError(f"input_convention={cfg.input_convention}: waveglow-resynthesize computes the mels from "
+                        "the audio itself (natural log); the option is for waveglow-synthesize")
     synth = make_synthesizer(cfg)
     result = resynthesize(
         synth, input_spec(cfg.input), cfg.output_dir, sigma=cfg.sigma, seed=cfg.seed, batch_size=cfg.batch_size,

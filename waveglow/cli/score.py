@@ -39,7 +39,10 @@ def main(cfg: ScoreApp) -> None:
     t0 = time.perf_counter()
     synth = make_synthesizer(cfg, crossfade_frames=0)
     scorer = Scorer(synth, threshold=cfg.threshold, merge_gap=cfg.merge_gap, dither=cfg.dither)
-    scores, failed = scorer.score_files(input_spec(cfg.input), on_error=cfg.on_error, progress=cfg.progress)
+    # mel_dir: score against given mels (e.g. a TTS's) where the schema offers it.
+    scores, failed = scorer.score_files(input_spec(cfg.input), on_error=cfg.on_error, progress=cfg.progress,
+                                        mel_dir=getattr(cfg, "mel_dir", None),
+                                        input_convention=cfg.input_convention)
     meta = {"checkpoint": cfg.checkpoint, "sampling_rate": synth.sampling_rate,
             "hop_length": synth.hop_length, "threshold": scorer.threshold, "merge_gap": scorer.merge_gap,
             "dither": scorer.dither, "unit": "nats per sample"}

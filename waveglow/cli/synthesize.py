@@ -23,6 +23,7 @@ SCRIPT = Script(
             "Each input gives <output_dir>/<stem>.wav of exactly hop x frames samples.",
     usage="checkpoint=<ckpt> input=<mel file | folder | glob | filelist> output_dir=<dir>",
     examples=("waveglow-synthesize checkpoint=run/checkpoints/best.pt input=mels/ output_dir=wavs",
+              "waveglow-synthesize checkpoint=ckpt.pt input=tts_mels/ output_dir=wavs input_convention=log10",
               "waveglow-synthesize checkpoint=ckpt.pt input='mels/*.npy' output_dir=wavs sigma=0.8 "
               "denoiser_strength=0.02"),
 )
@@ -60,7 +61,7 @@ def main(cfg: SynthesizeApp) -> None:
     report = synth.to_files(
         input_spec(cfg.input), cfg.output_dir, sigma=cfg.sigma, seed=cfg.seed, batch_size=cfg.batch_size,
         denoiser_strength=cfg.denoiser_strength, denoiser_mel=cfg.denoiser_mel, subtype=cfg.format,
-        on_error=cfg.on_error, progress=cfg.progress,
+        on_error=cfg.on_error, progress=cfg.progress, input_convention=cfg.input_convention,
     )
     save_config_beside(cfg, cfg.output_dir, "synthesize", is_dir=True)
     report_failures(report.failed)

@@ -2,21 +2,28 @@
 
     synthesizer  Synthesizer: mel -> audio (from_mel, to_files), batched and chunked, exact
     chunks       the chunk scheduler: pieces, the batching queue, padded-item repair, crossfade
-    noise        per-file noise seeds and the receptive field
+    noise        the latent noise per (seed, key, block) and the receptive field
+    stream       streaming synthesis (Synthesizer.stream)
+    melcheck     the input-convention check, mel statistics, recorded audio settings
     denoiser     the bias-tone denoiser
     jobs         file jobs (to_files): checked inputs, atomic WAV writes, SynthesisReport
     resynthesis  copy synthesis (WAV -> mel -> WAV) with distances to the input
     metrics      mel L1, multi-resolution STFT distance, SNR
     score        exact per-frame log-likelihoods and suspect regions (Scorer)
     checks       the one check of the settings a Python caller passes
+    convert      encode with the input's own mel, change the conditioning or latent, decode
+    enhance      likelihood-guided repair of damaged stretches of recordings
 """
 
 from __future__ import annotations
 
 from waveglow.inference.chunks import Piece, plan_pieces
+from waveglow.inference.convert import ConvertReport, convert, convert_files
 from waveglow.inference.denoiser import Denoiser
+from waveglow.inference.enhance import Enhancer, EnhanceResult, enhance_files
 from waveglow.inference.jobs import SynthesisReport
-from waveglow.inference.noise import noise_seed, receptive_field_frames
+from waveglow.inference.melcheck import ConventionCheck, Reference
+from waveglow.inference.noise import NOISE_BLOCK_FRAMES, latent, noise_seed, receptive_field_frames
 from waveglow.inference.resynthesis import ResynthesisResult, resynthesize
 from waveglow.inference.score import (
     FileScore,
@@ -32,6 +39,8 @@ from waveglow.inference.score import (
 from waveglow.inference.synthesizer import Synthesizer
 
 __all__ = [
+    "NOISE_BLOCK_FRAMES", "ConventionCheck", "ConvertReport", "EnhanceResult", "Enhancer", "Reference",
+    "convert", "convert_files", "enhance_files", "latent",
     "Denoiser", "FileScore", "Piece", "Region", "ResynthesisResult", "Scorer", "SynthesisReport",
     "Synthesizer", "format_regions", "frame_means", "noise_seed", "per_sample_log_likelihood",
     "plan_pieces", "receptive_field_frames", "resynthesize", "robust_z",

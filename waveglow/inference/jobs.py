@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from waveglow.data.audio import save_audio
 from waveglow.data.inputs import InputFile, resolve_inputs
 from waveglow.errors import UserError, naming
 from waveglow.inference.checks import check_settings
-from waveglow.inference.noise import noise_seed
+from waveglow.inference.melcheck import check_recorded_settings, input_root
 from waveglow.mel import MEL_SUFFIXES, load_mel
 
 if TYPE_CHECKING:  # the synthesizer imports this module
@@ -65,12 +66,23 @@ class SynthesisReport:
 
     def summary(self) -> str:
         """One line: files, audio seconds, wall seconds, real-time factor, kHz, clipping."""
-        line = (f"synthesized {len(self.written)} files, {self.audio_seconds:.2f} s of audio in "
+        line = (f"synthesized {files(len(self.written))}, {self.audio_seconds:.2f} s of audio in "
                 f"{self.wall_seconds:.2f} s wall: real-time factor {self.rtf:.2f} (audio s / wall s), "
-                f"{self.khz:.1f} kHz; clipped samples: {self.clipped_samples} in {self.clipped_files} files")
+                f"{self.khz:.1f} kHz; clipped samples: {self.clipped_samples} in {files(self.clipped_files)}")
         if self.failed:
-            line += f"; {len(self.failed)} files skipped"
+            line += f"; {files(len(self.failed))} skipped"
         return line
+
+
+def files(n: int) -> str:
+    """'1 file', '3 files'."""
+    return f"{n} file" if n == 1 else f"{n} files"
+
+
+def show_progress(progress: bool) -> bool:
+    """A progress bar only when asked for and stderr is a terminal: a bar's `\r` redraws would
+    otherwise fill a redirected log."""
+    return bool(progress) and sys.stderr.isatty()
 
 
 class FileJob:
@@ -82,7 +94,7 @@ class FileJob:
 
     def __init__(self, synth: Synthesizer, output_dir: str | os.PathLike, sigma: float, seed: int,
                  batch_size: int, denoiser_strength: float, denoiser_mel: str, subtype: str,
-                 on_error: str, progress: bool) -> None:
+                 on_error: str, progress: bool, label: str = "synthesize") -> None:
         check_settings(SynthesizeApp, sigma=float(sigma), batch_size=batch_size,
                        denoiser_strength=float(denoiser_strength), denoiser_mel=denoiser_mel,
                        format=subtype, on_error=on_error)
@@ -97,7 +109,7 @@ class FileJob:
         self.synth = synth
         self.sigma, self.seed, self.batch_size = float(sigma), int(seed), int(batch_size)
         self.strength, self.denoiser_mel, self.subtype = float(denoiser_strength), denoiser_mel, subtype
-        self.on_error, self.progress = on_error, progress
+        self.on_error, self.progress, self.label = on_error, progress, label
         self.report = SynthesisReport()
         self.inputs: list[InputFile] = []
         self.n_frames: list[int] = []
@@ -129,10 +141,10 @@ class FileJob:
     def run(self, on_written: OnWritten | None = None) -> SynthesisReport:
         """Synthesize the queue; `on_written(index, audio [T] as written, path)` per file."""
         s, report = self.synth, self.report
-        seeds = [noise_seed(self.seed, inp.name.as_posix()) for inp in self.inputs]
-        bar = tqdm(total=len(self.inputs), unit="file", desc="synthesize", disable=not self.progress,
-                   leave=False)
-        for i, audio in s._run(self.n_frames, self._mel, seeds, self.sigma, self.batch_size):
+        keys = [inp.name.as_posix() for inp in self.inputs]
+        bar = tqdm(total=len(self.inputs), unit="file", desc=self.label, disable=not show_progress(self.progress),
+                   leave=False, file=sys.stderr)
+        for i, audio in s._run(self.n_frames, self._mel, keys, self.seed, self.sigma, self.batch_size):
             bar.update(1)
             path, name = self.inputs[i]
             if self.lengths[i] is not None:
@@ -171,17 +183,33 @@ class FileJob:
 def synthesize_files(synth: Synthesizer, inputs: Inputs, output_dir: str | os.PathLike, *, sigma: float = 0.6,
                      seed: int = 0, batch_size: int = 8, denoiser_strength: float = 0.0,
                      denoiser_mel: str = "mean", subtype: str = "PCM_16", on_error: str = "fail",
-                     progress: bool = True) -> SynthesisReport:
-    """`Synthesizer.to_files`: mel files -> `<output_dir>/<stem>.wav` (see there)."""
+                     progress: bool = True, input_convention: str = "natural") -> SynthesisReport:
+    """`Synthesizer.to_files`: mel files -> `<output_dir>/<stem>.wav` (see there).
+
+    Each input is checked before anything is synthesized: readable, the checkpoint's shape,
+    sane values, made with the checkpoint's audio settings when its folder records them
+    (`mel.config.yaml`), and compared with the model's mel statistics (one warning line per
+    likely convention mistake in the whole run).
+    """
     job = FileJob(synth, output_dir, sigma, seed, batch_size, denoiser_strength, denoiser_mel, subtype,
                   on_error, progress)
+    checker = synth.convention_check(input_convention)
+    recorded: dict[Path, object] = {}
+    where = str(synth.checkpoint) if synth.checkpoint is not None else "the model"
+
+    def load(path: Path) -> Tensor:
+        return checker.prepare(load_mel(path, synth.n_mels), str(path), advise=False)
+
     for inp in resolve_inputs(inputs, MEL_SUFFIXES, kind="mel"):
         try:
-            n_frames = load_mel(inp.path, synth.n_mels).shape[-1]
+            check_recorded_settings(inp.path, input_root(inp.path, inp.name), synth.audio, where, recorded)
+            raw = load_mel(inp.path, synth.n_mels)
+            checker.observe(raw, str(inp.path))
         except UserError as e:
             job.bad(inp.path, str(naming(inp.path, e)))
             continue
         # Checked now, loaded again when its batch comes: memory holds only the mels in flight,
         # not the whole input set.
-        job.add(inp, n_frames, lambda path=inp.path: load_mel(path, synth.n_mels))
+        job.add(inp, raw.shape[-1], lambda path=inp.path: load(path))
+    checker.warn(log)
     return job.run()

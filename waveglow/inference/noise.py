@@ -1,10 +1,13 @@
-"""Per-file noise seeds and the receptive field: the two facts that make batched and chunked
-synthesis give the same samples as decoding each file whole and alone.
+"""The latent noise and the receptive field: the two facts that make batched, chunked, streamed
+and file synthesis give the same samples as decoding each input whole and alone.
 
-1. **Noise belongs to a file, not to a batch.** Each file's latent z [hop·F] is drawn from its
-   own generator seeded from (seed, key), where the key is the file stem (`to_files`) or the
-   batch index (`from_mel`). Sorting, batching and chunking therefore never change which noise
-   a file gets.
+1. **Noise belongs to a stretch of time of one input, not to a batch or a cut.** The latent
+   z [hop·F] of an input is laid out in fixed blocks of `NOISE_BLOCK_FRAMES` mel frames; block
+   b is drawn from its own generator seeded from (seed, key, b), where the key names the input
+   (the file's name for `to_files`, the batch index or `key=` for `from_mel` and `stream`).
+   Sorting, batching, chunking, or receiving the mel in pieces of any size therefore never
+   change which noise a frame gets: a window [start, end) of z is the same numbers however it is
+   reached (`latent`).
 
 2. **The receptive field is bounded.** Decoding sample t reads z and the conditioning only
    within ±A samples, A = n_flows · Σ_i dilation_i·(k−1)/2 groups (the WN stack of every
@@ -25,21 +28,47 @@ from torch import Tensor
 
 from waveglow.config import ModelConfig, from_dict, to_dict
 
+# Frames per noise block: 32 frames (8192 samples at hop 256) cost one generator seeding per
+# 0.37 s of audio (microseconds), and a stream never draws more than one block ahead.
+NOISE_BLOCK_FRAMES = 32
 
-def noise_seed(seed: int, key: str | int) -> int:
-    """A stable 63-bit generator seed for one file: sha256 of (seed, key).
+
+def noise_seed(seed: int, key: str | int, block: int | None = None) -> int:
+    """A stable 63-bit generator seed: sha256 of (seed, key) or of (seed, key, block).
 
     Python's `hash()` is salted per process; sha256 gives the same noise in every run.
     """
-    digest = hashlib.sha256(f"{int(seed)}\x00{key}".encode()).digest()
+    text = f"{int(seed)}\x00{key}" if block is None else f"{int(seed)}\x00{key}\x00{int(block)}"
+    digest = hashlib.sha256(text.encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def file_noise(seed: int, n_samples: int, sigma: float) -> Tensor:
-    """The whole latent of one file: z [n_samples] ~ N(0, sigma²) from generator `seed`
-    (a `noise_seed`), float32 on the CPU."""
-    gen = torch.Generator().manual_seed(int(seed))
-    return torch.randn(int(n_samples), generator=gen).mul_(float(sigma))
+def noise_block(seed: int, key: str | int, block: int, hop: int, sigma: float) -> Tensor:
+    """Block `block` of the latent of input `key`: z [hop·NOISE_BLOCK_FRAMES] ~ N(0, sigma²),
+    float32 on the CPU (frames [block·NOISE_BLOCK_FRAMES, (block+1)·NOISE_BLOCK_FRAMES))."""
+    gen = torch.Generator().manual_seed(noise_seed(seed, key, block))
+    return torch.randn(hop * NOISE_BLOCK_FRAMES, generator=gen).mul_(float(sigma))
+
+
+def latent(seed: int, key: str | int, start: int, end: int, hop: int, sigma: float) -> Tensor:
+    """The latent of frames [start, end) of input `key`: z [hop·(end − start)], float32 CPU.
+
+    The same frames give the same numbers whatever window they are asked in (see the module
+    docstring); only the blocks that overlap the window are drawn.
+
+    Args:
+        seed: the run's noise seed.
+        key: the input's noise key (file name, batch index, stream key).
+        start, end: frame range, 0 <= start <= end.
+        hop: audio samples per frame.
+        sigma: the latent's standard deviation.
+    """
+    if end <= start:
+        return torch.zeros(0)
+    first, last = start // NOISE_BLOCK_FRAMES, (end - 1) // NOISE_BLOCK_FRAMES
+    z = torch.cat([noise_block(seed, key, b, hop, sigma) for b in range(first, last + 1)])
+    offset = hop * (start - first * NOISE_BLOCK_FRAMES)
+    return z[offset: offset + hop * (end - start)]
 
 
 def receptive_field_frames(model_cfg: ModelConfig | Mapping[str, Any], hop_length: int) -> int:

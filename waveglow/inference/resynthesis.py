@@ -48,7 +48,7 @@ def resynthesize(synth: Synthesizer, inputs: Inputs, output_dir: str | os.PathLi
     """
     mel_fn = synth.frontend()
     job = FileJob(synth, output_dir, sigma, seed, batch_size, denoiser_strength, denoiser_mel, subtype,
-                  on_error, progress)
+                  on_error, progress, label="resynthesize")
     references: dict[int, Tensor] = {}
     warn = warn_once_per_rate(set())
 

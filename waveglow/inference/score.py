@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,14 +46,16 @@ from waveglow.config import ScoreApp
 from waveglow.data.audio import AUDIO_SUFFIXES, load_audio
 from waveglow.data.audio import dither as add_dither
 from waveglow.data.inputs import resolve_inputs
-from waveglow.errors import UserError
+from waveglow.errors import UserError, naming
 from waveglow.fileio import write_text_atomic
 from waveglow.flows import Coupling, Invertible1x1Conv, Squeeze, state_dtype
 from waveglow.inference.checks import check_settings
 from waveglow.inference.chunks import plan_pieces
+from waveglow.inference.jobs import show_progress
 from waveglow.inference.noise import noise_seed
 from waveglow.inference.synthesizer import Synthesizer
-from waveglow.runtime import autocast
+from waveglow.mel import MEL_SUFFIXES, load_mel
+from waveglow.runtime import autocast, exact_fp32
 
 log = logging.getLogger("waveglow.score")
 
@@ -102,6 +105,14 @@ def per_sample_log_likelihood(model: torch.nn.Module, audio: Tensor, mel: Tensor
     if T % G or mel.shape[-1] * model.hop_length < T:
         raise UserError(f"score: {T} samples need a multiple of n_group={G} and at least "
                         f"{-(-T // model.hop_length)} mel frames, got {mel.shape[-1]}")
+    # The parts are walked here, not through model.forward: keep TF32 out of every kernel.
+    with exact_fp32(audio.device):
+        return _per_sample(model, audio, mel)
+
+
+def _per_sample(model: torch.nn.Module, audio: Tensor, mel: Tensor) -> Tensor:
+    B, T = audio.shape
+    G = model.n_group
     cond = model.condition(mel, T)
     x = audio.to(state_dtype(model.mel_std.dtype))
     group_terms = x.new_zeros(B, T // G)  # Σ over parts of the per-group log-det terms
@@ -224,14 +235,34 @@ class Scorer:
                 out[k0:k1] = ll[k0 - a0: k1 - a0]
         return out
 
-    def score_audio(self, audio: Tensor, name: str = "audio", key: str | None = None) -> FileScore:
-        """Score one waveform [T] at the checkpoint's sampling rate."""
+    def score_audio(self, audio: Tensor, name: str = "audio", key: str | None = None, mel: Tensor | None = None,
+                    input_convention: str = "natural") -> FileScore:
+        """Score one waveform [T] at the checkpoint's sampling rate.
+
+        Args:
+            audio: [T].
+            name: named in messages and in the result.
+            key: the dither noise key (default: name).
+            mel: the conditioning [n_mels, >= ceil(T/hop)] to score against (e.g. a TTS's mel
+                for this audio); default: the checkpoint's frontend applied to `audio`.
+            input_convention: the log of `mel` ("natural", "log10", "db"); checked against the
+                model's statistics like a synthesis input (one warning line on a likely mistake).
+        """
         audio = torch.as_tensor(audio).float().flatten()
         if self.dither > 0:
             gen = torch.Generator().manual_seed(noise_seed(0, key or name))
             audio = add_dither(audio, self.dither, generator=gen)
-        with torch.inference_mode():
-            mel = self.mel_fn(audio)
+        if mel is None:
+            with torch.inference_mode():
+                mel = self.mel_fn(audio)
+        else:
+            checker = self.synth.convention_check(input_convention)
+            mel = checker.prepare(torch.as_tensor(mel), name)
+            checker.warn(log)
+            need = -(-(audio.numel() - audio.numel() % self.synth.model.n_group) // self.synth.hop_length)
+            if mel.shape[-1] < need:
+                raise UserError(f"{name}: the mel has {mel.shape[-1]} frames; expected at least {need} for "
+                                f"{audio.numel()} samples at hop {self.synth.hop_length}")
         ll = self.per_sample(audio, mel)
         s = self.synth
         frames = frame_means(ll, s.hop_length, mel.shape[-1])
@@ -244,18 +275,34 @@ class Scorer:
         )
 
     def score_files(self, inputs: str | os.PathLike | Sequence[str | os.PathLike], on_error: str = "fail",
-                    progress: bool = True) -> tuple[list[FileScore], list[tuple[str, str]]]:
-        """Score WAV/FLAC files; returns (scores, failed (path, reason))."""
-        check_settings(ScoreApp, on_error=on_error)
+                    progress: bool = True, mel_dir: str | os.PathLike | None = None,
+                    input_convention: str = "natural") -> tuple[list[FileScore], list[tuple[str, str]]]:
+        """Score WAV/FLAC files; returns (scores, failed (path, reason)).
+
+        Args:
+            inputs: a file, folder, glob, filelist or list of paths.
+            on_error: "fail" or "skip".
+            progress: a progress bar (only when stderr is a terminal).
+            mel_dir: score against given mels `<mel_dir>/<name>.pt|.npy` (name: the input's
+                path below its folder, no suffix) instead of the audio's own.
+            input_convention: the log of those mels (see `score_audio`).
+        """
+        check_settings(ScoreApp, on_error=on_error, input_convention=input_convention)
+        if mel_dir is None and input_convention != "natural":
+            raise UserError(f"input_convention={input_convention}: applies to given mels (mel_dir=); without "
+                            "them the mels are computed from the audio")
         files = resolve_inputs(inputs, AUDIO_SUFFIXES, kind="audio")
         scores, failed = [], []
-        for path, name in tqdm(files, unit="file", desc="score", disable=not progress, leave=False):
+        for path, name in tqdm(files, unit="file", desc="score", disable=not show_progress(progress), leave=False,
+                               file=sys.stderr):
             try:
                 audio = torch.from_numpy(load_audio(path, self.synth.sampling_rate))
                 if audio.numel() < self.synth.model.n_group:
                     raise UserError(f"{path}: {audio.numel()} samples; expected at least "
                                     f"{self.synth.model.n_group}")
-                scores.append(self.score_audio(audio, str(path), key=name.as_posix()))
+                mel = None if mel_dir is None else self._given_mel(Path(mel_dir), name, path)
+                scores.append(self.score_audio(audio, str(path), key=name.as_posix(), mel=mel,
+                                               input_convention=input_convention))
             except UserError as e:
                 if on_error == "fail":
                     raise
@@ -264,6 +311,18 @@ class Scorer:
         if not scores:
             raise UserError("no file could be scored (" + "; ".join(r for _, r in failed) + ")")
         return scores, failed
+
+
+    def _given_mel(self, mel_dir: Path, name: Path, audio_path: Path) -> Tensor:
+        """The raw mel `<mel_dir>/<name>.pt|.npy` given for `audio_path` (as stored)."""
+        for suffix in MEL_SUFFIXES:
+            candidate = mel_dir / f"{name.as_posix()}{suffix}"
+            if candidate.is_file():
+                try:
+                    return load_mel(candidate, self.synth.n_mels)
+                except UserError as e:
+                    raise naming(candidate, e) from None
+        raise UserError(f"{audio_path}: no mel {(mel_dir / name).resolve()}.pt or .npy in mel_dir={mel_dir}")
 
 
 def format_regions(regions: Sequence[Region]) -> str:

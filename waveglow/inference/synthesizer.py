@@ -3,15 +3,17 @@
 `Synthesizer` wraps a loaded checkpoint for inference (weight norm folded once, eval mode,
 `torch.inference_mode`, autocast for fp16/bf16 with the 1×1-conv inverses and the output in
 float32) and is what `waveglow-synthesize`, `waveglow-resynthesize` and `waveglow-score` use.
-Its results do not depend on batching or chunking: each file's noise is its own (`noise`), and
-the scheduler (`chunks`) decodes padded and cut items exactly within the receptive field.
+Its results do not depend on batching, chunking or streaming: the noise of every stretch of an
+input is fixed by (seed, key, block) (`noise`), and the scheduler (`chunks`) and the stream
+(`stream`) decode padded and cut items exactly within the receptive field.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +35,13 @@ from waveglow.inference.chunks import (
 )
 from waveglow.inference.denoiser import Denoiser, zero_level_mel
 from waveglow.inference.jobs import SynthesisReport, synthesize_files
-from waveglow.inference.noise import file_noise, noise_seed, receptive_field_frames
-from waveglow.mel import MelSpectrogram, check_mel
+from waveglow.inference.melcheck import ConventionCheck, Reference
+from waveglow.inference.noise import latent, receptive_field_frames
+from waveglow.inference.stream import stream_synthesis
+from waveglow.mel import MelSpectrogram
 from waveglow.runtime import autocast, precision_name, resolve_device, resolve_precision
+
+log = logging.getLogger("waveglow.synthesize")
 
 
 def _resolve(device: str | torch.device, precision: str, chunk_frames: int, overlap: int | None,
@@ -118,6 +124,17 @@ class Synthesizer:
                 if hasattr(m, "inverse_matrix"):
                     m.inverse_matrix()
         self._denoisers: dict[str, Denoiser] = {}
+        # Host -> GPU copies from pinned memory run asynchronously (no sync per batch).
+        self._pin = device.type == "cuda"
+
+    def reference(self) -> Reference:
+        """The mel level this model expects (its stored statistics; `melcheck`)."""
+        return Reference.of_model(self.model.mel_mean, self.model.mel_std)
+
+    def convention_check(self, input_convention: str = "natural") -> ConventionCheck:
+        """A fresh `ConventionCheck` of inputs declared in `input_convention` against this model."""
+        check_settings(SynthesizeApp, input_convention=input_convention)
+        return ConventionCheck(self.reference(), input_convention, self.n_mels)
 
     def frontend(self) -> MelSpectrogram:
         """The checkpoint's log-mel frontend (audio [T] -> log-mel [n_mels, 1 + T // hop]), CPU."""
@@ -137,25 +154,29 @@ class Synthesizer:
 
     # -- core ---------------------------------------------------------------------------------
 
-    def _decode_batch(self, mels: list[Tensor], zs: list[Tensor]) -> list[Tensor]:
+    def _decode_batch(self, mels: Sequence[Tensor], zs: Sequence[Tensor], to_cpu: bool = True) -> list[Tensor]:
         """Decode equal- or unequal-length (mel [n_mels, L], z [hop·L]) pairs in one batch.
 
         Shorter items are padded at the end (mel with the log-mel floor, z with zeros) and their
         outputs cut back; the caller repairs the padded items' last receptive-field frames.
-        Returns CPU float32 [hop·L] per item.
+        Returns float32 [hop·L] per item: on the CPU, or on the device with to_cpu=False (the
+        caller then moves a whole batch plan at once: one host sync instead of one per decode).
         """
         hop = self.hop_length
         lengths = [m.shape[-1] for m in mels]
         n = max(lengths)
-        mel = torch.full((len(mels), self.n_mels, n), self.mel_floor, dtype=torch.float32)
-        z = torch.zeros(len(mels), hop * n, dtype=torch.float32)
+        # Pinned host buffers on CUDA: the copies below are then truly asynchronous.
+        mel = torch.empty((len(mels), self.n_mels, n), dtype=torch.float32, pin_memory=self._pin)
+        mel.fill_(self.mel_floor)
+        z = torch.zeros(len(mels), hop * n, dtype=torch.float32, pin_memory=self._pin)
         for b, (m, zz) in enumerate(zip(mels, zs)):
             mel[b, :, : m.shape[-1]] = m
             z[b, : zz.shape[-1]] = zz
         mel, z = mel.to(self.device, non_blocking=True), z.to(self.device, non_blocking=True)
         with autocast(self.device, self.amp_dtype):
-            out = self.model.decode(z, mel)
-        out = out.float().cpu()
+            out = self.model.decode(z, mel).float()
+        if to_cpu:
+            out = out.cpu()
         return [out[b, : hop * L] for b, L in enumerate(lengths)]
 
     def _decode_plan(self, plan: BatchPlan, window: Callable[[Piece, int], tuple[Tensor, Tensor]]
@@ -168,24 +189,30 @@ class Synthesizer:
         """
         results: dict[Piece, Tensor] = {}
         if plan.main:
-            outs = self._decode_batch(*zip(*(window(p, p.start) for p in plan.main)))
+            outs = self._decode_batch(*zip(*(window(p, p.start) for p in plan.main)), to_cpu=False)
             results.update(zip(plan.main, outs))
         for sub in plan.tails:
-            outs = self._decode_batch(*zip(*(window(p, s) for p, s in sub)))
+            outs = self._decode_batch(*zip(*(window(p, s) for p, s in sub)), to_cpu=False)
             for (p, s), o in zip(sub, outs):
                 results[p] = o if s == p.start else splice_tail(p, results[p], o, self.receptive_field,
                                                                  self.hop_length)
-        return results
+        if self.device.type == "cpu":
+            return results
+        # One device -> host copy (and sync) for the whole plan.
+        pieces = list(results)
+        flat = torch.cat([results[p] for p in pieces]).cpu()
+        return dict(zip(pieces, flat.split([results[p].numel() for p in pieces])))
 
-    def _run(self, n_frames: Sequence[int], get_mel: Callable[[int], Tensor], seeds: Sequence[int],
-             sigma: float, batch_size: int) -> Iterator[tuple[int, Tensor]]:
+    def _run(self, n_frames: Sequence[int], get_mel: Callable[[int], Tensor], keys: Sequence[str | int],
+             seed: int, sigma: float, batch_size: int) -> Iterator[tuple[int, Tensor]]:
         """Synthesize items; yields (index, audio float32 [hop·F]) as each item completes.
 
         Args:
             n_frames: F of each item.
-            get_mel: index -> mel [n_mels, F] (called while the item is being synthesized; the
-                result is held until the item completes, so inputs can be loaded lazily).
-            seeds: per-item noise seeds.
+            get_mel: index -> natural-log mel [n_mels, F] (called while the item is being
+                synthesized; the result is held until the item completes, so inputs can be
+                loaded lazily).
+            keys: per-item noise keys; seed: the noise seed (see `noise.latent`).
             sigma: latent std.
             batch_size: pieces per decode call.
         """
@@ -193,14 +220,12 @@ class Synthesizer:
         order = decode_order(n_frames, self.chunk_frames, self.overlap, self.crossfade_frames)
         joiner = OverlapAdd(order, n_frames, hop, self.crossfade_frames)
         mels: dict[int, Tensor] = {}  # items in flight only
-        noise: dict[int, Tensor] = {}
 
         def window(p: Piece, start: int) -> tuple[Tensor, Tensor]:
             if p.item not in mels:
                 mels[p.item] = get_mel(p.item)
-                # The whole file's noise from the file's own generator (see `noise`).
-                noise[p.item] = file_noise(seeds[p.item], hop * int(n_frames[p.item]), sigma)
-            return mels[p.item][:, start: p.end], noise[p.item][start * hop: p.end * hop]
+            # The window's own blocks of the item's noise: the same numbers however it is cut.
+            return mels[p.item][:, start: p.end], latent(seed, keys[p.item], start, p.end, hop, sigma)
 
         for batch in batches(order, batch_size):
             # Inference mode per batch, not around the `yield`: the caller's code between two
@@ -213,40 +238,79 @@ class Synthesizer:
                     if audio is not None:
                         finished.append((p.item, audio))
                         mels.pop(p.item, None)
-                        noise.pop(p.item, None)
             yield from finished
 
     # -- public API ---------------------------------------------------------------------------
 
     def from_mel(self, mel: Tensor, sigma: float = 0.6, seed: int = 0,
                  keys: Sequence[str | int] | None = None, lengths: Sequence[int] | None = None,
-                 batch_size: int = 8, denoiser_strength: float = 0.0) -> Tensor:
+                 batch_size: int = 8, denoiser_strength: float = 0.0, input_convention: str = "natural",
+                 key: str | int | None = None) -> Tensor:
         """Synthesize raw log-mels (the checkpoint's feature convention).
 
         Args:
             mel: [n_mels, F] or [B, n_mels, F] (any device; CPU float32 is used for planning).
             sigma: std of the latent noise (0.6 is the reference's default; 0 is deterministic).
-            seed: noise seed; item b draws its noise from `noise_seed(seed, keys[b])`.
-            keys: per-item noise keys (default: the batch index; `to_files` uses the file stem,
-                so `from_mel(m, keys=["LJ001-0001"])` reproduces that file's synthesis).
+            seed: noise seed; item b's noise is `noise.latent(seed, keys[b], ...)`.
+            keys: per-item noise keys (default: the batch index; `to_files` uses the file's
+                name, so `from_mel(m, keys=["LJ001-0001"])` reproduces that file's synthesis).
             lengths: valid frames per item of a padded [B, n_mels, F] batch (default: all F).
             batch_size: items decoded together (results do not depend on it).
             denoiser_strength: > 0 applies the bias denoiser with that strength.
+            input_convention: the input's log: "natural" (Tacotron 2, this toolkit), "log10" or
+                "db" (20·log10); converted to natural log. An input that looks like another
+                convention (or normalized features) gets one warning line.
+            key: shorthand for keys=[key] with a single mel [n_mels, F] (as `stream`'s key).
 
         Returns:
             float32 CPU audio [hop·F] (or [B, hop·F]; samples past hop·lengths[b] are zero),
             not clipped.
+
+        Raises:
+            UserError: a wrong shape, NaN/Inf, a constant mel or values beyond any convention.
         """
-        check_settings(SynthesizeApp, sigma=float(sigma))
-        single = torch.as_tensor(mel).dim() == 2
-        items, keys = split_batch(torch.as_tensor(mel)[None] if single else torch.as_tensor(mel),
-                                  lengths, keys, self.n_mels)
-        seeds = [noise_seed(seed, k) for k in keys]
-        out = torch.zeros(len(items), self.hop_length * torch.as_tensor(mel).shape[-1])
+        check_settings(SynthesizeApp, sigma=float(sigma), input_convention=input_convention)
+        mel = torch.as_tensor(mel)
+        if mel.layout != torch.strided:
+            raise UserError(f"mel: a {str(mel.layout).replace('torch.', '')} tensor; expected a dense float tensor")
+        single = mel.dim() == 2
+        if key is not None:
+            if keys is not None or not single:
+                raise UserError("key=: only for a single mel [n_mels, F]; pass keys= for a batch")
+            keys = [key]
+        checker = self.convention_check(input_convention)
+        items, keys = split_batch(mel[None] if single else mel, lengths, keys, checker)
+        checker.warn(log)
+        out = torch.zeros(len(items), self.hop_length * mel.shape[-1])
         frames = [m.shape[-1] for m in items]
-        for i, audio in self._run(frames, items.__getitem__, seeds, sigma, max(1, int(batch_size))):
+        for i, audio in self._run(frames, items.__getitem__, keys, seed, sigma, max(1, int(batch_size))):
             out[i, : audio.shape[-1]] = self.denoise(audio, denoiser_strength)
         return out[0] if single else out
+
+    def stream(self, frames: Iterable[Tensor], sigma: float = 0.6, seed: int = 0, key: str | int = 0,
+               input_convention: str = "natural", min_frames: int = 1) -> Iterator[Tensor]:
+        """Synthesize a mel that arrives in pieces (as a TTS produces it); yield audio as soon as it is final.
+
+        The concatenated output equals `from_mel(whole_mel, sigma, seed, key=key)` (to float
+        rounding): frame f's audio is final once frames up to f + receptive_field have arrived,
+        and its noise is fixed by (seed, key, block). The algorithmic latency is therefore the
+        receptive field (e.g. 7 frames = 81 ms for `tiny`); the last rf frames come when the
+        input ends. No denoiser (it works on whole STFT frames of the finished audio).
+
+        Args:
+            frames: an iterable of mel pieces [n_mels, f_i] (or [1, n_mels, f_i]), f_i >= 1.
+            sigma, seed, key, input_convention: as `from_mel`.
+            min_frames: decode only when at least this many frames are final (fewer, longer
+                decodes: less recomputed context, more latency). 1: as soon as possible.
+
+        Yields:
+            float32 CPU audio chunks [hop·n] (n >= 1).
+        """
+        check_settings(SynthesizeApp, sigma=float(sigma), input_convention=input_convention)
+        if int(min_frames) < 1:
+            raise UserError(f"min_frames={min_frames}: expected an integer >= 1")
+        return stream_synthesis(self, frames, sigma=float(sigma), seed=int(seed), key=key,
+                                checker=self.convention_check(input_convention), min_frames=int(min_frames))
 
     def denoiser(self, mode: str = "mean") -> Denoiser:
         """The bias denoiser of this checkpoint (computed once per mode and cached).
@@ -275,7 +339,7 @@ class Synthesizer:
     def to_files(self, inputs: str | os.PathLike | Sequence[str | os.PathLike], output_dir: str | os.PathLike,
                  sigma: float = 0.6, seed: int = 0, batch_size: int = 8, denoiser_strength: float = 0.0,
                  denoiser_mel: str = "mean", subtype: str = "PCM_16", on_error: str = "fail",
-                 progress: bool = True) -> SynthesisReport:
+                 progress: bool = True, input_convention: str = "natural") -> SynthesisReport:
         """Synthesize mel files into `<output_dir>/<name>.wav` (hop·F samples each).
 
         `<name>` is the input's stem, or its path below an input folder (`x/b` for
@@ -294,7 +358,8 @@ class Synthesizer:
             subtype: "PCM_16", "PCM_24" or "FLOAT".
             on_error: "fail" (raise UserError on the first bad file) or "skip" (continue and
                 list the bad files in the report).
-            progress: show a progress bar over files.
+            progress: show a progress bar over files (only when stderr is a terminal).
+            input_convention: as `from_mel`; likely mistakes get one warning line per run.
 
         Returns:
             A `SynthesisReport`.
@@ -304,20 +369,24 @@ class Synthesizer:
         """
         return synthesize_files(self, inputs, output_dir, sigma=sigma, seed=seed, batch_size=batch_size,
                                 denoiser_strength=denoiser_strength, denoiser_mel=denoiser_mel,
-                                subtype=subtype, on_error=on_error, progress=progress)
+                                subtype=subtype, on_error=on_error, progress=progress,
+                                input_convention=input_convention)
 
 
 def split_batch(mel: Tensor, lengths: Sequence[int] | None, keys: Sequence[str | int] | None,
-                n_mels: int) -> tuple[list[Tensor], list[str | int]]:
-    """`from_mel`'s batch as checked items: ([n_mels, lengths[b]] CPU float32 per item, keys).
+                checker: ConventionCheck) -> tuple[list[Tensor], list[str | int]]:
+    """`from_mel`'s batch as checked natural-log items: ([n_mels, lengths[b]] CPU float32, keys).
 
     Args:
         mel: [B, n_mels, F].
         lengths, keys: as `from_mel` (None: all F frames; the batch index).
+        checker: converts and checks each item (and notes likely convention mistakes).
 
     Raises:
-        UserError: a wrong shape, lengths or keys, or a mel that `check_mel` rejects.
+        UserError: a wrong shape, lengths or keys, or a mel that `ConventionCheck.prepare` rejects.
     """
+    if mel.layout != torch.strided:
+        raise UserError(f"mel: a {str(mel.layout).replace('torch.', '')} tensor; expected a dense float tensor")
     if mel.dim() != 3:
         raise UserError(f"mel: expected [n_mels, F] or [B, n_mels, F], got shape {list(mel.shape)}")
     B, F = mel.shape[0], mel.shape[-1]
@@ -327,6 +396,6 @@ def split_batch(mel: Tensor, lengths: Sequence[int] | None, keys: Sequence[str |
     keys = list(range(B)) if keys is None else list(keys)
     if len(keys) != B:
         raise UserError(f"keys: expected {B} keys, got {len(keys)}")
-    items = [check_mel(mel[b, :, : lengths[b]].detach().float().cpu(), n_mels, f"mel[{b}]").contiguous()
+    items = [checker.prepare(mel[b, :, : lengths[b]].detach().float().cpu(), f"mel[{b}]").contiguous()
              for b in range(B)]
     return items, keys
