@@ -2,9 +2,10 @@
 """`make demo`: the five-minute tour on a CPU.
 
 Preprocesses the bundled demo corpus, trains the `tiny` model on it for a few minutes, turns the
-held-out clips into mel files, vocodes them to outputs/demo/*.wav, and prints the validation
-log-likelihood before and after training. Every step runs the real console scripts, so what the
-demo shows is what a user gets.
+held-out clips into mel files, vocodes them to outputs/demo/*.wav, repairs one held-out clip
+with clicks and a noise burst injected (outputs/demo/repaired/), converts one with a formant
+shift (outputs/demo/converted/), and prints the validation log-likelihood before and after
+training. Every step runs the real console scripts, so what the demo shows is what a user gets.
 
 Environment overrides: DEMO_STEPS (training steps), DEMO_RUN_DIR, DEMO_OUT.
 """
@@ -17,6 +18,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
+import soundfile as sf
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -35,6 +39,19 @@ def step(title: str, *cmd: str) -> None:
     print(f"    ({time.perf_counter() - t0:.0f} s)", flush=True)
 
 
+def damage(src: Path, dst: Path) -> None:
+    """Write `src` with three 8-sample full-scale clicks and 20 ms of 0.1-rms noise to `dst`."""
+    audio, sr = sf.read(src, dtype="float32")
+    n = audio.size
+    for frac in (0.25, 0.5, 0.75):
+        i = int(frac * n)
+        audio[i: i + 8] = [0.9, -0.9] * 4
+    i, burst = int(0.4 * n), int(0.020 * sr)
+    audio[i: i + burst] += 0.1 * np.random.default_rng(0).standard_normal(burst).astype(np.float32)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(dst, np.clip(audio, -1, 1), sr, subtype="PCM_16")
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
     if not path.exists():
@@ -44,9 +61,9 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 def main() -> None:
     t_start = time.perf_counter()
-    step("1/4 preprocess the demo corpus (mels, splits, statistics)", "waveglow-preprocess", "data=demo")
+    step("1/6 preprocess the demo corpus (mels, splits, statistics)", "waveglow-preprocess", "data=demo")
 
-    step(f"2/4 train model=tiny for {STEPS} steps on CPU (resumes if {RUN_DIR.name} exists)",
+    step(f"2/6 train model=tiny for {STEPS} steps on CPU (resumes if {RUN_DIR.name} exists)",
          "waveglow-train", "data=demo", "model=tiny", "train=demo", "data.segment_length=8192",
          f"train.max_steps={STEPS}", f"run_dir={RUN_DIR}")
 
@@ -57,14 +74,24 @@ def main() -> None:
     filelist = OUT / "held_out_wavs.txt"
     filelist.write_text("".join(f"{CORPUS / 'wavs' / (i + '.wav')}\n" for i in held_out))
     mel_dir = OUT / "mels"
-    step(f"3/4 mel files for the {len(held_out)} held-out clips", "waveglow-mel",
+    step(f"3/6 mel files for the {len(held_out)} held-out clips", "waveglow-mel",
          f"input={filelist}", f"output_dir={mel_dir}")
 
     ckpt = RUN_DIR / "checkpoints" / "best.pt"
     if not ckpt.exists():
         ckpt = RUN_DIR / "checkpoints" / "last.pt"
-    step("4/4 synthesize WAVs from the mel files", "waveglow-synthesize", f"checkpoint={ckpt}",
+    step("4/6 synthesize WAVs from the mel files", "waveglow-synthesize", f"checkpoint={ckpt}",
          f"input={mel_dir}", f"output_dir={OUT}")
+
+    # A damaged copy of one held-out clip: three full-scale clicks and 20 ms of noise.
+    clip = test_ids[0]
+    damaged = OUT / "damaged" / f"{clip}.wav"
+    damage(CORPUS / "wavs" / f"{clip}.wav", damaged)
+    step("5/6 repair a held-out clip with clicks and a noise burst injected (outputs: repaired/)",
+         "waveglow-enhance", f"checkpoint={ckpt}", f"input={damaged}", f"output_dir={OUT / 'repaired'}")
+    step("6/6 convert a held-out clip with formants shifted up 15% (outputs: converted/)",
+         "waveglow-convert", f"checkpoint={ckpt}", f"input={CORPUS / 'wavs' / (clip + '.wav')}",
+         f"output_dir={OUT / 'converted'}", "formant_shift=1.15")
 
     metrics = read_metrics(RUN_DIR)
     print("\n==> done in %.1f min" % ((time.perf_counter() - t_start) / 60))
@@ -75,7 +102,11 @@ def main() -> None:
               f"{first['step']} -> {last['val_log_likelihood']:.3f} at step {last['step']} "
               f"(best {best:.3f}; higher is better)")
     wavs = sorted(OUT.glob("*.wav"))
-    print(f"    {len(wavs)} WAVs in {OUT.relative_to(REPO) if OUT.is_relative_to(REPO) else OUT}/")
+    shown = OUT.relative_to(REPO) if OUT.is_relative_to(REPO) else OUT
+    print(f"    {len(wavs)} WAVs in {shown}/")
+    print(f"    repair:     {shown}/damaged/{clip}.wav -> {shown}/repaired/{clip}.wav "
+          f"(regions: {shown}/repaired/enhance_report.csv)")
+    print(f"    conversion: {shown}/converted/{clip}.wav (formant_shift=1.15)")
     print(f"    checkpoint: {ckpt.relative_to(REPO) if ckpt.is_relative_to(REPO) else ckpt}")
     print("    curves:     make tensorboard   (then open http://127.0.0.1:6006)")
 

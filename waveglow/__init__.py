@@ -4,7 +4,9 @@ Public API (imported lazily so that `import waveglow` stays fast for the CLIs):
     MelSpectrogram  log-mel frontend (Tacotron 2 / NVIDIA convention)
     WaveGlow        the flow: log_prob / encode / decode / infer
     load_model      a checkpoint of this project -> eval-mode WaveGlow
-    Synthesizer     mel files -> WAV files, batched, on CPU or CUDA
+    Synthesizer     mel files -> WAV files, batched, chunked or streamed, on CPU or CUDA
+    enhance         likelihood-guided repair of damaged stretches of a recording
+    convert         encode with the input's own mel, change the mel or the latent, decode
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ _EXPORTS = {
     "WaveGlow": "waveglow.model",
     "load_model": "waveglow.checkpoint",
     "Synthesizer": "waveglow.inference",
+    "enhance": "waveglow.inference.enhance",
+    "convert": "waveglow.inference.convert",
     "UserError": "waveglow.errors",
 }
 

@@ -18,7 +18,7 @@
 from __future__ import annotations
 
 from waveglow.inference.chunks import Piece, plan_pieces
-from waveglow.inference.convert import ConvertReport, convert, convert_files
+from waveglow.inference.convert import ConvertReport, convert_files
 from waveglow.inference.denoiser import Denoiser
 from waveglow.inference.enhance import Enhancer, EnhanceResult, enhance_files
 from waveglow.inference.jobs import SynthesisReport
@@ -40,7 +40,7 @@ from waveglow.inference.synthesizer import Synthesizer
 
 __all__ = [
     "NOISE_BLOCK_FRAMES", "ConventionCheck", "ConvertReport", "EnhanceResult", "Enhancer", "Reference",
-    "convert", "convert_files", "enhance_files", "latent",
+    "convert_files", "enhance_files", "latent",
     "Denoiser", "FileScore", "Piece", "Region", "ResynthesisResult", "Scorer", "SynthesisReport",
     "Synthesizer", "format_regions", "frame_means", "noise_seed", "per_sample_log_likelihood",
     "plan_pieces", "receptive_field_frames", "resynthesize", "robust_z",

@@ -1,0 +1,224 @@
+"""waveglow-enhance: damaged stretches of held-out demo speech are repaired, everything outside
+the repaired regions and their margins stays bit-identical, clean recordings come back
+unchanged, and bad inputs stop the CLI with one line and nothing written.
+
+The model is a tiny WaveGlow trained briefly here on the demo corpus's training split
+(`tiny_checkpoint`, shared with test_convert.py through the session's temp folder)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import run_cli
+from test_synthesize import tiny_config
+
+from waveglow.checkpoint import build_checkpoint, build_model, save_checkpoint
+from waveglow.inference import Synthesizer
+from waveglow.inference.enhance import Enhancer, quantize
+from waveglow.mel import MelSpectrogram
+
+SR, HOP, SEG = 22050, 256, 4096
+TRAIN_STEPS = 150
+CLICK_S, BURST_S = 0.30, 0.70
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def split(demo_root: Path, name: str) -> list[str]:
+    return (demo_root / "splits" / f"{name}.txt").read_text().split()
+
+
+def load(demo_root: Path, clip: str) -> torch.Tensor:
+    audio, sr = sf.read(demo_root / "wavs" / f"{clip}.wav", dtype="float32")
+    assert sr == SR
+    return torch.from_numpy(audio)
+
+
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, demo_root: Path) -> Path:
+    """A tiny model trained for TRAIN_STEPS Adam steps (2 × 4096-sample dithered segments of the
+    training split, mel statistics of that split), saved once per session (~1 minute)."""
+    path = tmp_path_factory.getbasetemp() / "enhance-tiny" / "tiny.pt"
+    if path.exists():
+        return path
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    model = build_model(cfg)
+    mel_fn = MelSpectrogram.from_config(cfg["audio"])
+    clips = [load(demo_root, c) for c in split(demo_root, "train")]
+    with torch.no_grad():
+        mels = torch.cat([mel_fn(c) for c in clips], dim=1)
+    model.set_mel_stats(mels.mean(dim=1), mels.std(dim=1))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(TRAIN_STEPS):
+        xs = []
+        for _ in range(2):
+            clip = clips[int(torch.randint(len(clips), (1,), generator=gen))]
+            start = int(torch.randint((clip.numel() - SEG) // HOP, (1,), generator=gen)) * HOP
+            xs.append(clip[start: start + SEG])
+        x = torch.stack(xs)
+        x = x + (torch.rand(x.shape, generator=gen) - 0.5) / 32768  # 1-LSB dither, as training
+        with torch.no_grad():
+            mel = mel_fn(x)
+        loss = -model.log_prob(x, mel).mean() / SEG
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, build_checkpoint(model, cfg, step=TRAIN_STEPS))
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, demo_root) -> Path:
+    return tiny_checkpoint(tmp_path_factory, demo_root)
+
+
+@pytest.fixture(scope="module")
+def enhancer(checkpoint) -> Enhancer:
+    return Enhancer(Synthesizer(checkpoint, device="cpu"))
+
+
+def damaged(clean: torch.Tensor) -> torch.Tensor:
+    """A full-scale 8-sample click at CLICK_S and 20 ms of 0.1-rms white noise at BURST_S, on the
+    int16 grid (as a file would hold them)."""
+    out = clean.clone()
+    i = int(CLICK_S * SR)
+    out[i: i + 8] = torch.tensor([0.9, -0.9] * 4)
+    j = int(BURST_S * SR)
+    out[j: j + 441] += 0.1 * torch.randn(441, generator=torch.Generator().manual_seed(1))
+    return quantize(out, "PCM_16")
+
+
+def allowed(regions, margin: int, n: int) -> torch.Tensor:
+    """Samples a repair may change: each region's span plus the margin on each side."""
+    mask = torch.zeros(n, dtype=torch.bool)
+    for r in regions:
+        a = max(0, round(r.start_s * SR) - margin)
+        mask[a: min(n, round(r.end_s * SR) + margin + 1)] = True
+    return mask
+
+
+def test_repair_is_local_and_removes_the_damage(enhancer, demo_root):
+    clip = split(demo_root, "test")[0]
+    clean = load(demo_root, clip)
+    bad = damaged(clean)
+    result = enhancer.enhance_audio(bad, clip, subtype="PCM_16")
+    # Both events were found and repaired.
+    for at in (CLICK_S, BURST_S):
+        assert any(r.start_s - 0.012 <= at <= r.end_s for r in result.regions), (at, result.regions)
+    for r in result.regions:
+        assert r.iterations >= 1 and r.nats_after > r.nats_before
+    # Bit-identical outside the repaired regions and their margins; the output is on the int16 grid.
+    changed = result.audio != bad
+    assert changed.any()
+    assert not (changed & ~allowed(result.regions, enhancer.margin, bad.numel())).any()
+    assert torch.equal(quantize(result.audio, "PCM_16"), result.audio)
+    assert result.changed_samples < 0.2 * bad.numel()
+    # Closer to the clean recording over the damaged frames (mel L1), and the click is gone.
+    mel = enhancer.mel_fn
+    frames = [int(CLICK_S * SR / HOP) + d for d in range(-2, 3)] + [int(BURST_S * SR / HOP) + d for d in range(-1, 4)]
+    before = (mel(bad) - mel(clean))[:, frames].abs().mean()
+    after = (mel(result.audio) - mel(clean))[:, frames].abs().mean()
+    assert after < 0.7 * before, (float(before), float(after))
+    i = int(CLICK_S * SR)
+    assert result.audio[i: i + 8].abs().max() < 0.5
+
+
+def test_dry_run_reports_without_changing(enhancer, demo_root):
+    clip = split(demo_root, "test")[0]
+    bad = damaged(load(demo_root, clip))
+    result = enhancer.enhance_audio(bad, clip, subtype="PCM_16", dry_run=True)
+    assert result.regions and all(r.iterations == 0 for r in result.regions)
+    assert torch.equal(result.audio, bad) and result.changed_samples == 0
+
+
+def test_cli_clean_held_out_clips_come_back_unchanged(checkpoint, demo_root, tmp_path):
+    """At the default threshold nothing in the held-out demo clips is flagged: every output file
+    is the input file, byte for byte, and the report has no rows."""
+    clips = split(demo_root, "val") + split(demo_root, "test")
+    filelist = tmp_path / "clean.txt"
+    filelist.write_text("".join(f"{demo_root / 'wavs' / c}.wav\n" for c in clips))
+    out = tmp_path / "out"
+    proc = run_cli("waveglow-enhance", f"checkpoint={checkpoint}", f"input={filelist}", f"output_dir={out}",
+                   "device=cpu", "report=report.json")
+    assert "0 regions repaired, 0 files changed" in proc.stdout, proc.stdout
+    for c in clips:
+        assert (out / f"{c}.wav").read_bytes() == (demo_root / "wavs" / f"{c}.wav").read_bytes()
+    doc = json.loads((out / "report.json").read_text())
+    assert len(doc["files"]) == len(clips) and not any(f["regions"] for f in doc["files"])
+
+
+def test_cli_repairs_keep_format_and_write_the_report(checkpoint, demo_root, tmp_path):
+    clip = split(demo_root, "val")[0]
+    src = tmp_path / "in"
+    src.mkdir()
+    bad = damaged(load(demo_root, clip)).numpy()
+    sf.write(src / "damaged.wav", bad, SR, subtype="PCM_24")  # 24-bit: the output must stay 24-bit
+    out = tmp_path / "out"
+    run_cli("waveglow-enhance", f"checkpoint={checkpoint}", f"input={src}", f"output_dir={out}", "device=cpu",
+            "margin_ms=10")
+    info = sf.info(out / "damaged.wav")
+    assert (info.samplerate, info.frames, info.subtype) == (SR, bad.size, "PCM_24")
+    rows = list(csv.DictReader((out / "enhance_report.csv").open()))
+    assert rows and set(rows[0]) >= {"file", "start_s", "end_s", "nats_per_sample_before",
+                                     "nats_per_sample_after", "iterations"}
+    assert any(float(r["start_s"]) - 0.012 <= CLICK_S <= float(r["end_s"]) for r in rows)
+    # Bit-identical (as 24-bit integers) outside the reported regions ± 10 ms.
+    before = sf.read(src / "damaged.wav", dtype="int32")[0]
+    after = sf.read(out / "damaged.wav", dtype="int32")[0]
+    keep = ~allowed([_Row(float(r["start_s"]), float(r["end_s"])) for r in rows], round(0.010 * SR), bad.size).numpy()
+    assert np.array_equal(before[keep], after[keep])
+    assert not np.array_equal(before, after)
+    # dry_run: the report only.
+    dry = tmp_path / "dry"
+    run_cli("waveglow-enhance", f"checkpoint={checkpoint}", f"input={src}", f"output_dir={dry}", "device=cpu",
+            "dry_run=true")
+    assert not list(dry.glob("*.wav")) and (dry / "enhance_report.csv").exists()
+
+
+class _Row:
+    def __init__(self, start_s: float, end_s: float) -> None:
+        self.start_s, self.end_s = start_s, end_s
+
+
+@pytest.mark.parametrize("case", ["empty", "unreadable", "other_rate"])
+def test_cli_bad_inputs_one_line_exit_2_nothing_written(case, checkpoint, demo_root, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    good = load(demo_root, split(demo_root, "val")[0]).numpy()
+    sf.write(src / "a_good.wav", good, SR, subtype="PCM_16")
+    if case == "empty":
+        sf.write(src / "b_empty.wav", np.zeros(0, dtype=np.float32), SR, subtype="PCM_16")
+        expect = "b_empty.wav"
+    elif case == "unreadable":
+        (src / "b_broken.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEjunk" + bytes(40))
+        expect = "b_broken.wav"
+    else:
+        sf.write(src / "b_16k.wav", good[:16000], 16000, subtype="PCM_16")
+        expect = "expected 22050 Hz audio"
+    out = tmp_path / "out"
+    proc = run_cli("waveglow-enhance", f"checkpoint={checkpoint}", f"input={src}", f"output_dir={out}",
+                   "device=cpu", check=False)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], proc.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_long_recordings_in_pieces_give_the_same_repair(checkpoint, enhancer, demo_root):
+    """Scoring and repair windows in pieces of 16 frames (receptive-field context) match whole-file
+    processing: the same regions, and the same samples to one int16 step."""
+    clip = split(demo_root, "test")[0]
+    bad = damaged(load(demo_root, clip))
+    pieces = Enhancer(Synthesizer(checkpoint, device="cpu", chunk_frames=16, crossfade_frames=0))
+    assert bad.numel() > 4 * 16 * HOP
+    whole, chunked = enhancer.enhance_audio(bad, clip, subtype="PCM_16"), pieces.enhance_audio(bad, clip, subtype="PCM_16")
+    assert [(r.first_frame, r.last_frame) for r in chunked.regions] == [(r.first_frame, r.last_frame) for r in whole.regions]
+    assert (chunked.audio - whole.audio).abs().max() <= 1.0 / 32768

@@ -1,0 +1,431 @@
+"""Likelihood-guided repair of damaged stretches of a recording (`waveglow-enhance`).
+
+The loop, per recording, up to `max_iters` rounds:
+
+    1. score: the exact log-likelihood per mel frame given the recording's own mel (`Scorer`);
+    2. flag: frames whose robust z-score is below −threshold, merged into regions, each grown
+       over its neighbours below −threshold/2;
+    3. repair each region (below);
+    4. rescore; stop when nothing is flagged.
+
+**Repair: latent in-filling under an interpolated mel.** For a flagged span [s0, s1) of samples:
+
+    a. the log-mel frames whose analysis window touches the span are replaced by a linear
+       interpolation between the nearest untouched frames on either side (the damage is in
+       the mel too: a click or a burst is broadband energy the speech does not have);
+    b. a window around the span (plus the margin and the model's receptive field on each side)
+       is encoded under that mel: z = f(x; mel'), exact;
+    c. z inside the span is replaced by its mean, 0 (sigma = 0, the default), or by noise of
+       sigma × the std of the latent around the span (seeded by (seed, file, span)); z outside
+       it is kept, so the decoded audio continues the recording's own fine structure;
+    d. decode, and crossfade (raised cosine) from the input to the decoded audio over
+       `margin_ms` on each side of the span.
+
+Only samples in [s0 − margin, s1 + margin) can change; everything else is copied, and after
+each round the audio is rounded to the output's PCM grid, so unrepaired samples are written
+back bit-identical (and a recording with nothing flagged is copied unchanged). Why this method
+rather than gradient ascent on log p(x | mel), with measurements: docs/enhance_convert.md.
+
+Long recordings are scored in pieces by the `Scorer`; each repair touches only a window around
+its span, and long spans are encoded and decoded in pieces (`convert.encode_audio`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import soundfile as sf
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from waveglow.config import EnhanceApp
+from waveglow.data.audio import AUDIO_SUFFIXES, load_audio, save_audio
+from waveglow.data.inputs import resolve_inputs
+from waveglow.errors import UserError, naming
+from waveglow.fileio import write_bytes_atomic, write_text_atomic
+from waveglow.inference.checks import check_settings
+from waveglow.inference.convert import Inputs, check_output_path, decode_latent, encode_audio
+from waveglow.inference.jobs import show_progress
+from waveglow.inference.noise import noise_seed
+from waveglow.inference.score import FileScore, Region, Scorer
+from waveglow.inference.synthesizer import Synthesizer
+
+log = logging.getLogger("waveglow.enhance")
+
+# Full scale of each writable PCM subtype (libsndfile reads integer PCM as k / scale).
+PCM_SCALE = {"PCM_S8": 2.0**7, "PCM_U8": 2.0**7, "PCM_16": 2.0**15, "PCM_24": 2.0**23}
+SUBTYPES = (*PCM_SCALE, "FLOAT")
+
+
+def quantize(audio: Tensor, subtype: str) -> Tensor:
+    """Round float audio [T] to what a file of `subtype` stores (clipped to its range).
+
+    Samples already on the grid (read from such a file) come back unchanged, bit for bit.
+    """
+    if subtype == "FLOAT":
+        return audio.float()
+    scale = PCM_SCALE[subtype]
+    return (torch.round(audio.double() * scale).clamp(-scale, scale - 1) / scale).float()
+
+
+@dataclass
+class RepairedRegion:
+    """One repaired stretch (regions repaired in several rounds, or overlapping, are merged)."""
+
+    file: str
+    start_s: float
+    end_s: float
+    first_frame: int
+    last_frame: int
+    nats_before: float  # nats/sample over the region's frames, before any repair
+    nats_after: float  # the same frames in the output
+    min_z: float  # the lowest robust z-score of the region before repair
+    iterations: int  # rounds in which (part of) it was repaired
+
+
+@dataclass
+class EnhanceResult:
+    """The outcome for one recording."""
+
+    file: str
+    audio: Tensor  # float32 [T], on the output's PCM grid
+    regions: list[RepairedRegion] = field(default_factory=list)
+    changed_samples: int = 0
+    seconds: float = 0.0
+    nats_before: float = 0.0  # whole file, nats/sample
+    nats_after: float = 0.0
+    still_flagged: int = 0  # regions flagged after the last round
+
+    @property
+    def changed(self) -> bool:
+        return self.changed_samples > 0
+
+
+class Enhancer:
+    """Find and repair improbable regions of recordings with a checkpoint.
+
+    Args:
+        synth: a `Synthesizer` (fp32 recommended: likelihoods need the precision).
+        threshold: robust z-score below which a frame is suspect (positive number).
+        merge_gap: suspect frames at most this far apart form one region.
+        max_iters: score -> repair -> rescore rounds at most.
+        margin_ms: crossfade on each side of a repaired span, in milliseconds.
+        sigma: std of the latent drawn inside a repaired span, relative to the std of the latent
+            around it (0: the latent's mean, the smoothest fill).
+        seed: noise seed of the repairs.
+    """
+
+    def __init__(self, synth: Synthesizer, threshold: float = 5.0, merge_gap: int = 2, max_iters: int = 3,
+                 margin_ms: float = 20.0, sigma: float = 0.0, seed: int = 0) -> None:
+        check_settings(EnhanceApp, threshold=float(threshold), merge_gap=merge_gap, max_iters=max_iters,
+                       margin_ms=float(margin_ms), sigma=float(sigma), seed=seed)
+        self.synth = synth
+        self.scorer = Scorer(synth, threshold=threshold, merge_gap=merge_gap, dither=0.0)
+        self.mel_fn = self.scorer.mel_fn
+        self.max_iters = int(max_iters)
+        self.margin = round(float(margin_ms) * synth.sampling_rate / 1000)
+        self.sigma = float(sigma)
+        self.seed = int(seed)
+
+    # -- one span -----------------------------------------------------------------------------
+    def grow(self, region: Region, frame_z: list[float]) -> tuple[int, int]:
+        """A region's frames extended over its neighbours whose z-score is below −threshold/2
+        (hysteresis: the flagged core of a burst is narrower than the burst)."""
+        a, b, low = region.first_frame, region.last_frame, -self.scorer.threshold / 2
+        while a > 0 and frame_z[a - 1] < low:
+            a -= 1
+        while b < len(frame_z) - 1 and frame_z[b + 1] < low:
+            b += 1
+        return a, b
+
+    def span(self, first_frame: int, last_frame: int, n_samples: int) -> tuple[int, int]:
+        """The samples [s0, s1) of frames [first_frame, last_frame] (frame f spans f·hop ± hop/2)."""
+        hop = self.synth.hop_length
+        return (max(0, first_frame * hop - hop // 2), min(n_samples, last_frame * hop + hop - hop // 2))
+
+    def interpolated_mel(self, mel: Tensor, s0: int, s1: int) -> Tensor:
+        """`mel` [n_mels, F] with the frames whose window touches [s0, s1) interpolated linearly
+        (in log-mel) between the nearest untouched frames; at a file edge the one side is held."""
+        hop, half = self.synth.hop_length, self.mel_fn.n_fft // 2
+        F = mel.shape[-1]
+        fa = max(0, math.floor((s0 - half) / hop) + 1)
+        fb = min(F - 1, math.ceil((s1 + half) / hop) - 1)
+        left, right = fa - 1, fb + 1
+        out = mel.clone()
+        if left < 0 and right >= F:
+            return out  # the whole recording is one span: nothing clean to interpolate from
+        a = mel[:, left] if left >= 0 else mel[:, right]
+        b = mel[:, right] if right < F else mel[:, left]
+        t = (torch.arange(fa, fb + 1, dtype=torch.float32) - left) / (right - left)
+        out[:, fa: fb + 1] = a[:, None] * (1 - t) + b[:, None] * t
+        return out
+
+    def window(self, s0: int, s1: int, n_samples: int) -> tuple[int, int]:
+        """The samples [w0, w1) a repair of [s0, s1) reads: the span, its margins and the
+        receptive field on each side, on frame boundaries (w1 may pass the end by < one hop)."""
+        hop, M = self.synth.hop_length, self.margin
+        ctx = self.synth.receptive_field * hop
+        return (max(0, ((s0 - M) // hop) * hop - ctx),
+                min(-(-n_samples // hop) * hop, -(-(s1 + M) // hop) * hop + ctx))
+
+    def repair(self, audio: Tensor, mel: Tensor, s0: int, s1: int, key: str) -> Tensor:
+        """Repair samples [s0, s1) of `audio` [T]; only [s0 − margin, s1 + margin) changes.
+
+        Args:
+            audio: float32 [T] (not modified).
+            mel: its log-mel [n_mels, F].
+            s0, s1: the span.
+            key: the file's noise key.
+
+        Returns:
+            The repaired audio, float32 [T].
+        """
+        hop = self.synth.hop_length
+        w0, w1 = self.window(s0, s1, audio.numel())
+        cond = self.interpolated_mel(mel, s0, s1)[:, w0 // hop:]
+        window = audio[w0:w1]
+        z = encode_audio(self.synth, window, cond)
+        # The span's latent: noise as strong as the latent around it, times sigma. (A fixed std
+        # such as synthesis's 0.6 is far louder than what a small model's latent of quiet speech
+        # holds, and fills the span with noise; docs/enhance_convert.md.)
+        around = torch.cat([z[: s0 - w0], z[s1 - w0: window.numel()]])
+        scale = self.sigma * float(around.std()) if around.numel() > 1 else 0.0
+        gen = torch.Generator().manual_seed(noise_seed(self.seed, f"{key}@{s0}-{s1}"))
+        z[s0 - w0: s1 - w0] = torch.randn(s1 - s0, generator=gen) * scale
+        return self.crossfade(audio, decode_latent(self.synth, z, cond)[: window.numel()], w0, s0, s1)
+
+    def crossfade(self, audio: Tensor, repaired: Tensor, w0: int, s0: int, s1: int) -> Tensor:
+        """`audio` [T] with `repaired` (the window from sample w0 on) on [s0, s1) and raised-cosine
+        crossfades over the margins: samples outside [s0 − margin, s1 + margin) are not touched."""
+        T, M = audio.numel(), self.margin
+        a, b = max(0, s0 - M), min(T, s1 + M, w0 + repaired.numel())
+        pos = torch.arange(a, b, dtype=torch.float64)
+        ramp_in = 0.5 - 0.5 * torch.cos(math.pi * (pos - (s0 - M)) / max(M, 1))
+        ramp_out = 0.5 - 0.5 * torch.cos(math.pi * ((s1 + M) - pos) / max(M, 1))
+        w = torch.where(pos < s0, ramp_in, torch.where(pos >= s1, ramp_out, torch.ones_like(pos))).float()
+        out = audio.clone()
+        out[a:b] = audio[a:b] * (1 - w) + repaired[a - w0: b - w0] * w
+        return out
+
+    # -- one recording ------------------------------------------------------------------------
+    def enhance_audio(self, audio: Tensor, name: str = "audio", key: str | None = None,
+                      subtype: str = "FLOAT", dry_run: bool = False) -> EnhanceResult:
+        """Score, repair and rescore one recording (the loop in the module docstring).
+
+        Args:
+            audio: float [T] at the checkpoint's sampling rate.
+            name: the file name in the result and the report.
+            key: noise key of its repairs (default: `name`).
+            subtype: the output's sample format ("PCM_16", "PCM_24", "FLOAT", ...): each round's
+                result is rounded to it, so what is rescored is what is written.
+            dry_run: score and flag only (no repair); the regions are reported with
+                nats_after = nats_before and 0 iterations.
+
+        Returns:
+            An `EnhanceResult`.
+        """
+        if subtype not in SUBTYPES:
+            raise UserError(f"subtype={subtype}: expected one of {', '.join(SUBTYPES)}")
+        x0 = torch.as_tensor(audio).float().flatten().cpu()
+        key = name if key is None else key
+        x = x0.clone()
+        score = first = self.scorer.score_audio(x, name)
+        spans: list[list[int]] = []  # [first frame, last frame, iterations, round of last repair]
+        rounds = 0 if dry_run else self.max_iters
+        for it in range(1, rounds + 1):
+            if not score.regions:
+                break
+            with torch.inference_mode():
+                mel = self.mel_fn(x)
+            for r in score.regions:
+                a, b = self.grow(r, score.frame_z)
+                s0, s1 = self.span(a, b, x.numel())
+                x = self.repair(x, mel, s0, s1, key)
+                _merge(spans, a, b, it)
+            x = quantize(x, subtype)
+            score = self.scorer.score_audio(x, name)
+        if dry_run:
+            spans = [[r.first_frame, r.last_frame, 0, 0] for r in first.regions]
+        result = EnhanceResult(file=name, audio=x, seconds=x.numel() / self.synth.sampling_rate,
+                               nats_before=first.nats_per_sample, nats_after=score.nats_per_sample,
+                               changed_samples=int((x != x0).sum()), still_flagged=len(score.regions))
+        result.regions = [self._row(name, first, score, a, b, n) for a, b, n, _ in spans]
+        return result
+
+    def _row(self, name: str, before: FileScore, after: FileScore, a: int, b: int, n: int) -> RepairedRegion:
+        hop, sr = self.synth.hop_length, self.synth.sampling_rate
+        mean = lambda v: float(torch.tensor(v[a: b + 1]).mean())  # noqa: E731
+        return RepairedRegion(
+            file=name, start_s=max(0.0, (a * hop - hop / 2) / sr), end_s=(b * hop + hop / 2) / sr,
+            first_frame=a, last_frame=b, nats_before=mean(before.frame_nats), nats_after=mean(after.frame_nats),
+            min_z=float(min(before.frame_z[a: b + 1])), iterations=n)
+
+
+def enhance(synth: Synthesizer, audio: Tensor, threshold: float = 5.0, merge_gap: int = 2, max_iters: int = 3,
+            margin_ms: float = 20.0, sigma: float = 0.0, seed: int = 0, subtype: str = "FLOAT",
+            dry_run: bool = False) -> EnhanceResult:
+    """Repair one recording: `Enhancer(synth, ...).enhance_audio(audio, ...)`.
+
+    Args:
+        synth: a `Synthesizer` (fp32 recommended).
+        audio: float [T] at the checkpoint's sampling rate.
+        threshold, merge_gap, max_iters, margin_ms, sigma, seed: as `Enhancer`.
+        subtype: the sample format the result is rounded to ("PCM_16", "PCM_24", "FLOAT", ...).
+        dry_run: flag only.
+
+    Returns:
+        An `EnhanceResult` (`.audio` float32 [T], `.regions`).
+
+    Example:
+        >>> result = enhance(Synthesizer("best.pt", device="cpu"), audio, subtype="PCM_16")
+    """
+    enhancer = Enhancer(synth, threshold=threshold, merge_gap=merge_gap, max_iters=max_iters,
+                        margin_ms=margin_ms, sigma=sigma, seed=seed)
+    return enhancer.enhance_audio(audio, subtype=subtype, dry_run=dry_run)
+
+
+def _merge(spans: list[list[int]], a: int, b: int, it: int) -> None:
+    """Add frames [a, b] repaired in round `it` to `spans`, merging overlapping/adjacent ones."""
+    hits = [s for s in spans if s[0] <= b + 1 and a <= s[1] + 1]
+    for s in hits:
+        spans.remove(s)
+    lo = min([a, *(s[0] for s in hits)])
+    hi = max([b, *(s[1] for s in hits)])
+    n = max([0, *(s[2] for s in hits)])
+    spans.append([lo, hi, n + 1 if all(s[3] != it for s in hits) else n, it])
+    spans.sort()
+
+
+# ------------------------------------------------------------------------------------- files
+@dataclass
+class EnhanceReport:
+    """What `enhance_files` did (each result's audio is dropped once written)."""
+
+    results: list[EnhanceResult] = field(default_factory=list)
+    written: list[Path] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    report: Path | None = None
+    wall_seconds: float = 0.0
+
+    def summary(self) -> str:
+        seconds = sum(r.seconds for r in self.results)
+        regions = sum(len(r.regions) for r in self.results)
+        n, changed = len(self.results), sum(r.changed for r in self.results)
+        verb = "flagged" if not self.written else "repaired"
+        return (f"enhanced {n} {'file' if n == 1 else 'files'}, {seconds:.2f} s of audio: {regions} "
+                f"{'region' if regions == 1 else 'regions'} {verb}, {changed} {'file' if changed == 1 else 'files'} "
+                f"changed ({sum(r.changed_samples for r in self.results)} samples); {self.wall_seconds:.2f} s wall "
+                f"({self.wall_seconds / max(seconds, 1e-9):.2f} s per audio second); report: {self.report}")
+
+
+def read_input(path: Path, sampling_rate: int) -> tuple[Tensor, str]:
+    """An input to enhance: (audio float32 [T], its sample format), or a one-line UserError.
+
+    The output keeps the input's samples, so the file must already be what the model takes:
+    mono, at the checkpoint's sampling rate (nothing is resampled), in a sample format that
+    float32 holds exactly.
+    """
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
+        info = None  # load_audio reports a missing or unreadable file in the usual words
+    if info is not None:
+        if info.samplerate != sampling_rate:
+            raise UserError(f"{path}: {info.samplerate / 1000:g} kHz audio but a {sampling_rate / 1000:g} kHz "
+                            f"checkpoint; expected {sampling_rate} Hz audio (enhance does not resample, so "
+                            "that unrepaired samples stay bit-identical)")
+        if info.channels != 1:
+            raise UserError(f"{path}: {info.channels} channels; expected mono audio")
+        if info.subtype not in SUBTYPES:
+            raise UserError(f"{path}: sample format {info.subtype}; expected one of {', '.join(SUBTYPES)}")
+    audio = torch.from_numpy(load_audio(path, sampling_rate))
+    return audio, info.subtype if info is not None else "FLOAT"
+
+
+def enhance_files(enhancer: Enhancer, inputs: Inputs, output_dir: str | os.PathLike,
+                  report: str = "enhance_report.csv", dry_run: bool = False, on_error: str = "fail",
+                  progress: bool = True) -> EnhanceReport:
+    """Enhance WAV/FLAC files into `<output_dir>/<name>.wav` (same rate, length and sample format)
+    and write the report `<output_dir>/<report>` (.csv: a row per repaired region; .json: also
+    per-file totals). Every input is checked before anything is written.
+
+    Args:
+        enhancer: the `Enhancer`.
+        inputs: `input=`: a file, folder, glob, filelist or list of paths.
+        output_dir: created if missing.
+        report: the report's file name inside output_dir (.csv or .json).
+        dry_run: write the report only.
+        on_error: "fail" (the first bad input stops the run, nothing written) or "skip".
+        progress: progress bar over files.
+
+    Raises:
+        UserError: a bad report name, a bad input (on_error="fail"), or no usable input.
+    """
+    check_settings(EnhanceApp, report=report, on_error=on_error)
+    t0 = time.perf_counter()
+    out_dir, sr = Path(output_dir), enhancer.synth.sampling_rate
+    report_path = out_dir / report
+    if report_path.suffix.lower() not in (".csv", ".json") or Path(report).name != report:
+        raise UserError(f"report={report}: expected a .csv or .json file name (written inside output_dir)")
+    min_len = enhancer.mel_fn.n_fft // 2 + 1
+    done, ok = EnhanceReport(report=report_path), []
+    for inp in resolve_inputs(inputs, AUDIO_SUFFIXES, kind="audio"):
+        try:
+            check_output_path(inp, out_dir)
+            n = read_input(inp.path, sr)[0].numel()
+            if n < min_len:
+                raise UserError(f"{inp.path}: {n} samples; expected at least {min_len} (one mel window)")
+            ok.append(inp)
+        except UserError as e:
+            if on_error == "fail":
+                raise naming(inp.path, e) from None
+            log.warning("skipping %s", naming(inp.path, e))
+            done.failed.append((str(inp.path), str(naming(inp.path, e))))
+    if not ok:
+        raise UserError("no file could be enhanced (" + "; ".join(r for _, r in done.failed) + ")")
+    for inp in tqdm(ok, unit="file", desc="enhance", disable=not show_progress(progress), leave=False):
+        audio, subtype = read_input(inp.path, sr)
+        res = enhancer.enhance_audio(audio, str(inp.path), key=inp.name.as_posix(), subtype=subtype,
+                                     dry_run=dry_run)
+        if not dry_run:
+            path = out_dir / inp.name.with_suffix(".wav")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not res.changed and inp.path.suffix.lower() == ".wav":
+                write_bytes_atomic(path, inp.path.read_bytes())  # nothing repaired: the file as it was
+            else:
+                save_audio(path, res.audio, sr, subtype=subtype)
+            done.written.append(path)
+        res.audio = res.audio[:0]
+        done.results.append(res)
+    done.wall_seconds = time.perf_counter() - t0
+    write_report(report_path, done, {"threshold": enhancer.scorer.threshold, "max_iters": enhancer.max_iters,
+                                     "margin_ms": enhancer.margin * 1000 / sr, "sigma": enhancer.sigma,
+                                     "dry_run": dry_run, "unit": "nats per sample"})
+    return done
+
+
+def write_report(path: Path, done: EnhanceReport, meta: dict[str, Any]) -> Path:
+    """The report by suffix, atomically: .csv (a row per region) or .json (files, regions, failures)."""
+    rows = [r for res in done.results for r in res.regions]
+    if path.suffix.lower() == ".json":
+        files = [{k: v for k, v in asdict(res).items() if k != "audio"} for res in done.results]
+        doc = {**meta, "files": files, "failed": [{"file": f, "error": e} for f, e in done.failed]}
+        return write_text_atomic(path, json.dumps(doc, indent=1))
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["file", "start_s", "end_s", "nats_per_sample_before", "nats_per_sample_after",
+                     "iterations", "min_z"])
+    for r in rows:
+        writer.writerow([r.file, f"{r.start_s:.4f}", f"{r.end_s:.4f}", f"{r.nats_before:.4f}",
+                         f"{r.nats_after:.4f}", r.iterations, f"{r.min_z:.2f}"])
+    return write_text_atomic(path, buf.getvalue())
