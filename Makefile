@@ -24,10 +24,12 @@ ARGS   ?=
 CKPT   ?=
 MELS   ?=
 OUT    ?= outputs/synth
+GTA    ?=
+INIT   ?=
 LJSPEECH_URL    ?= https://data.keithito.com/data/speech/LJSpeech-1.1.tar.bz2
 LJSPEECH_SHA256 ?= be1a30453f28eb8dd26af4101ae40cbf2c50413b1bb21936cbcdc6fae3de8aa5
 
-.PHONY: help install test test-all demo ljspeech preprocess train synthesize tensorboard bench gpu-check lint clean
+.PHONY: help install test test-all demo ljspeech preprocess train synthesize tensorboard bench gpu-check finetune-gta lint clean
 
 help: ## list the targets
 	@echo "WaveGlow toolkit — make targets:"
@@ -76,6 +78,11 @@ synthesize: install ## vocode mel files: make synthesize CKPT=run/checkpoints/be
 	@test -n "$(CKPT)" || { echo "error: set CKPT=<checkpoint.pt>"; exit 2; }
 	@test -n "$(MELS)" || { echo "error: set MELS=<mel file | dir | glob | filelist>"; exit 2; }
 	$(BIN)/waveglow-synthesize "checkpoint=$(CKPT)" "input=$(MELS)" "output_dir=$(OUT)" $(ARGS)
+
+finetune-gta: install ## fine-tune INIT (e.g. an imported NVIDIA model) on GTA mels: make finetune-gta INIT=checkpoints/nvidia_v5.pt GTA=data/LJSpeech-1.1/gta
+	@test -n "$(INIT)" || { echo "error: set INIT=<checkpoint.pt> (e.g. from waveglow-import-nvidia)"; exit 2; }
+	@test -n "$(GTA)" || { echo "error: set GTA=<folder of <clip id>.pt/.npy mels>"; exit 2; }
+	$(BIN)/waveglow-train data=$(DATA) model=$(MODEL) "data.mel_dir=$(GTA)" "train.init_from=$(INIT)" train.lr=2e-5 $(ARGS)
 
 tensorboard: install ## serve the training curves of every run under checkpoints/ on localhost:6006
 	$(BIN)/tensorboard --logdir checkpoints --host 127.0.0.1 --port 6006

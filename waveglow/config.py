@@ -83,7 +83,8 @@ class DataConfig:
     root: str = setting(MISSING, "corpus folder")
     layout: str = setting("ljspeech", "ljspeech (metadata.csv + wavs/) | folder (any .wav/.flac below root)",
                           choices=("ljspeech", "folder"))
-    cache_dir: str | None = setting(None, "mel cache, manifest and statistics (null: <root>/cache)")
+    cache_dir: str | None = setting(None, "mel cache, manifest and statistics (null: <root>/cache, or "
+                                    "<root>/cache-<mel_dir name> with data.mel_dir)")
     splits: SplitsConfig = setting(factory=SplitsConfig, help="validation/test split sizes")
     segment_length: int = setting(16000, "audio samples per training example", min=1)
     dither: float = setting(1.0, "uniform dequantization noise in int16 LSBs (0 = off)", min=0)
@@ -93,7 +94,8 @@ class DataConfig:
     loader_workers: Any = setting("auto", "DataLoader worker processes per training process: auto (from the "
                                   "cores per process; 0 on small machines) or a number >= 0")
     mel_dir: str | None = setting(None, "paired mels <clip id>.pt/.npy (e.g. Tacotron 2 GTA) used as the "
-                                  "conditioning instead of mels computed from the audio")
+                                  "conditioning instead of mels computed from the audio; up to 4 frames "
+                                  "of difference are trimmed/padded")
     download: DownloadConfig | None = setting(None, "where `waveglow-download` fetches the corpus")
 
     def validate(self, prefix: str = "data") -> None:

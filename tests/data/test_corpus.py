@@ -66,18 +66,18 @@ def test_missing_corpus_names_path_and_layout(tmp_path: Path, monkeypatch: pytes
 # ------------------------------------------------------------------ splits
 
 def test_splits_are_deterministic_and_written_once(corpus_copy, caplog: pytest.LogCaptureFixture) -> None:
-    a, b = corpus_copy(16, "a"), corpus_copy(16, "b")
+    a, b = corpus_copy(20, "a"), corpus_copy(20, "b")
     with caplog.at_level(logging.WARNING, logger="waveglow"):
-        sa = ensure_splits(make_cfg(a).data)  # demo: n_val 4, n_test 4 -> fits 16 clips
+        sa = ensure_splits(make_cfg(a).data)  # demo: n_val 4, n_test 4 -> fits 20 clips (60% train)
     assert not [r for r in caplog.records if "holding out" in r.getMessage()]
     assert sa == ensure_splits(make_cfg(b).data)
-    assert (len(sa["train"]), len(sa["val"]), len(sa["test"])) == (8, 4, 4)
+    assert (len(sa["train"]), len(sa["val"]), len(sa["test"])) == (12, 4, 4)
     assert sorted(sa["train"] + sa["val"] + sa["test"]) == sorted(c.id for c in discover_corpus(make_cfg(a).data).clips)
     assert (a / "splits" / "val.txt").read_text().split() == sa["val"]
     # never redrawn: another seed gives the stored split back
     assert ensure_splits(make_cfg(a, "data.splits.seed=7").data) == sa
     assert ensure_splits(make_cfg(b, "data.splits.seed=7", "data.cache_dir=" + str(b / "c")).data) == sa
-    other = corpus_copy(16, "c")
+    other = corpus_copy(20, "c")
     assert ensure_splits(make_cfg(other, "data.splits.seed=7").data) != sa
     (a / "splits" / "test.txt").unlink()
     with pytest.raises(UserError, match="incomplete splits"):
@@ -87,7 +87,16 @@ def test_splits_are_deterministic_and_written_once(corpus_copy, caplog: pytest.L
 def test_small_corpus_shrinks_held_out_sets(corpus_copy, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="waveglow"):
         splits = ensure_splits(make_cfg(corpus_copy(5, "five")).data)
-    assert len(splits["val"]) >= 1 and len(splits["val"]) + len(splits["test"]) <= 2 and len(splits["train"]) >= 3
-    assert any("holding out" in r.getMessage() for r in caplog.records)
+    assert (len(splits["train"]), len(splits["val"]), len(splits["test"])) == (3, 1, 1)
+    assert any("holding out 1 for validation and 1 for test instead of 4/4" in r.getMessage() for r in caplog.records)
+    # a 20-clip folder with the folder defaults (20/20 held out): 60% train, not half
+    twenty = ensure_splits(make_cfg(corpus_copy(20, "twenty"), data="folder").data)
+    assert (len(twenty["train"]), len(twenty["val"]), len(twenty["test"])) == (12, 4, 4)
+    for n in (3, 4, 7, 10, 13):  # at least 60% train and one validation clip, disjoint
+        s = ensure_splits(make_cfg(corpus_copy(n, f"c{n}"), "data.splits.n_val=50").data)
+        assert len(s["train"]) >= 0.6 * n and len(s["val"]) >= 1
+        assert len(s["train"]) + len(s["val"]) + len(s["test"]) == n
+    two = ensure_splits(make_cfg(corpus_copy(2, "two")).data)  # no clip to spare: val is a train clip
+    assert two["train"] == sorted(two["train"]) and len(two["train"]) == 2 and set(two["val"]) < set(two["train"])
     one = ensure_splits(make_cfg(corpus_copy(1, "one")).data)
     assert one["train"] == one["val"] and len(one["val"]) == 1 and one["test"] == []

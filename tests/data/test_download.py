@@ -191,7 +191,7 @@ def test_wrong_checksum_deletes_and_says_so(archive, serve, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_bad_inputs(archive, tmp_path):
+def test_bad_inputs(archive, tmp_path, monkeypatch):
     src, sha = archive
     with pytest.raises(UserError, match="64 hex digits"):
         download(src.as_uri(), tmp_path / "a", "abc", progress=False)
@@ -203,6 +203,15 @@ def test_bad_inputs(archive, tmp_path):
     (tmp_path / "mine" / "metadata.csv").write_text("x|y|z\n")
     with pytest.raises(UserError, match="not made by waveglow-download"):
         download_and_extract(src.as_uri(), sha, tmp_path / "a.tar.bz2", tmp_path / "mine", progress=False)
+    # relative paths are relative to the working directory, and the errors show the absolute path
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=rf"^{tmp_path}/mine: exists but was not made by waveglow-download"):
+        download_and_extract(src.as_uri(), sha, Path("a.tar.bz2"), Path("mine"), progress=False)
+    with pytest.raises(UserError, match=rf"^file://{tmp_path}/absent.tar.bz2: cannot read the archive"):
+        download("absent.tar.bz2", Path("a"), sha, progress=False)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match=rf"^data.download.archive: cannot create the folder {tmp_path}/file/sub"):
+        download(src.as_uri(), Path("file/sub/a.tar.bz2"), sha, progress=False)
     with pytest.raises(UserError, match="top-level folder 'nope'"):
         download_and_extract(src.as_uri(), sha, tmp_path / "a.tar.bz2", tmp_path / "c", "nope", progress=False)
     assert not (tmp_path / "c").exists()

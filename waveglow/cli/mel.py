@@ -68,7 +68,7 @@ def main(cfg: MelApp) -> None:
         save_config_beside(cfg, out_dir, "mel", is_dir=True)
     if written:
         print(f"wrote {written} mel {'file' if written == 1 else 'files'} (.{fmt}, float32 [{cfg.audio.n_mels}, frames]) to {out_dir}: "
-              f"{seconds:.1f} s of audio in {wall:.2f} s ({seconds / max(wall, 1e-9):.0f}x real time)", flush=True)
+              f"{seconds:.1f} s of audio in {wall:.2f} s ({seconds / max(wall, 1e-9):.3g}x real time)", flush=True)
     if failures:
         if len(inputs) == 1:
             raise UserError(failures[0])

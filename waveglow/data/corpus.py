@@ -8,8 +8,10 @@ filelists of ids under `<root>/splits/`. Nothing here decodes audio.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,9 +33,18 @@ def corpus_root(data_cfg: DataConfig) -> Path:
 
 
 def cache_dir(data_cfg: DataConfig) -> Path:
-    """Where mels, manifest and statistics live (`data.cache_dir`, default `<root>/cache`)."""
+    """Where mels, manifest and statistics live.
+
+    `data.cache_dir`; by default `<root>/cache`, or `<root>/cache-<mel_dir's name>` with paired
+    mels (`data.mel_dir`), so that training with and without them does not recompute one cache.
+    """
     cache = data_cfg.cache_dir
-    return Path(str(cache)).expanduser() if cache else corpus_root(data_cfg) / "cache"
+    if cache:
+        return Path(str(cache)).expanduser()
+    if data_cfg.mel_dir:
+        name = Path(str(data_cfg.mel_dir)).expanduser().absolute().name
+        return corpus_root(data_cfg) / f"cache-{name}"
+    return corpus_root(data_cfg) / "cache"
 
 
 # ----------------------------------------------------------------------------- discovery
@@ -158,7 +169,7 @@ def _discover_ljspeech(root: Path) -> Corpus:
 
 
 def _discover_folder(root: Path, cache: Path) -> Corpus:
-    skip = {(root / "splits").resolve(), cache.resolve()}
+    skip = {(root / "splits").resolve(), (root / "cache").resolve(), cache.resolve()}
     clips: dict[str, Clip] = {}
     bad: list[BadFile] = []
     for dirpath, dirnames, filenames in os.walk(root):
@@ -183,14 +194,23 @@ def _discover_folder(root: Path, cache: Path) -> Corpus:
 
 # ----------------------------------------------------------------------------- splits
 
+# At least this share of a corpus is kept for training, however small the corpus (issue: a
+# 20-clip folder with the folder defaults held out half of its clips).
+MIN_TRAIN_SHARE = 0.6
+
+
 def _split_sizes(n: int, n_val: int, n_test: int) -> tuple[int, int, bool]:
-    """Held-out sizes for a corpus of n clips: (n_val, n_test, shrunk)."""
+    """Held-out sizes for a corpus of n clips: (n_val, n_test, shrunk).
+
+    At most 40% of the clips are held out, so at least 60% train; a corpus too small to hold
+    out even one clip (n <= 2) gets n_val 1 and validates on a training clip.
+    """
     n_val, n_test = max(1, int(n_val)), max(0, int(n_test))
-    if n < 2:
-        return 1, 0, True
-    budget = n // 2  # never hold out more than half of the corpus
+    budget = n - math.ceil(MIN_TRAIN_SHARE * n - 1e-9)  # the most clips that may be held out
     if n_val + n_test <= budget:
         return n_val, n_test, False
+    if budget < 1:
+        return 1, 0, True
     val = max(1, round(budget * n_val / (n_val + n_test)))
     return val, max(0, budget - val), True
 
@@ -199,16 +219,45 @@ def _read_ids(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def ensure_splits(data_cfg: DataConfig) -> dict[str, list[str]]:
+def split_files(data_cfg: DataConfig) -> dict[str, Path]:
+    """The filelists of the splits: `<root>/splits/{train,val,test}.txt`."""
+    split_dir = corpus_root(data_cfg) / "splits"
+    return {name: split_dir / f"{name}.txt" for name in SPLITS}
+
+
+def read_splits(data_cfg: DataConfig) -> dict[str, list[str]] | None:
+    """The written splits, or None when none are written yet.
+
+    Raises:
+        UserError: some but not all of the filelists exist, or train/val are empty.
+    """
+    files = split_files(data_cfg)
+    split_dir = files["train"].parent
+    present = [name for name, p in files.items() if p.is_file()]
+    if not present:
+        return None
+    if len(present) != len(SPLITS):
+        missing = ", ".join(f"{n}.txt" for n in SPLITS if n not in present)
+        raise UserError(f"{split_dir.absolute()}: incomplete splits (no {missing}); restore the files or "
+                        "delete the folder to draw new splits")
+    splits = {name: _read_ids(p) for name, p in files.items()}
+    if not splits["train"] or not splits["val"]:
+        raise UserError(f"{split_dir.absolute()}: train.txt and val.txt must list at least one clip id each")
+    return splits
+
+
+def ensure_splits(data_cfg: DataConfig, usable: Sequence[str] | None = None) -> dict[str, list[str]]:
     """Train/val/test clip ids, read from `<root>/splits/` or (first time only) written there.
 
     The split is a seeded shuffle of the sorted clip ids (`data.splits.seed`), so it is the same
     on every machine; once written it is never redrawn (delete the folder to redraw). Corpora
-    too small for `data.splits.n_val`/`n_test` hold out at most half of their clips (at least
+    too small for `data.splits.n_val`/`n_test` hold out at most 40% of their clips (at least
     one validation clip) and say so.
 
     Args:
         data_cfg: `cfg.data`.
+        usable: draw from these clip ids only (preprocessing passes the clips that decoded, so
+            that unusable files take no place in the splits); default: every clip found.
 
     Returns:
         {"train": [...], "val": [...], "test": [...]} (ids, sorted).
@@ -216,39 +265,34 @@ def ensure_splits(data_cfg: DataConfig) -> dict[str, list[str]]:
     root = corpus_root(data_cfg)
     if not root.is_dir():
         raise _missing_root_error(data_cfg)
-    split_dir = root / "splits"
-    files = {name: split_dir / f"{name}.txt" for name in SPLITS}
-    present = [name for name, p in files.items() if p.is_file()]
-    if present:
-        if len(present) != len(SPLITS):
-            missing = ", ".join(f"{n}.txt" for n in SPLITS if n not in present)
-            raise UserError(f"{split_dir.absolute()}: incomplete splits (no {missing}); restore the files or "
-                            "delete the folder to draw new splits")
-        splits = {name: _read_ids(p) for name, p in files.items()}
-        if not splits["train"] or not splits["val"]:
-            raise UserError(f"{split_dir.absolute()}: train.txt and val.txt must list at least one clip id each")
-        return splits
-
-    corpus = discover_corpus(data_cfg)
-    ids = [c.id for c in corpus.clips]
+    written = read_splits(data_cfg)
+    if written is not None:
+        return written
+    ids = sorted(usable) if usable is not None else [c.id for c in discover_corpus(data_cfg).clips]
+    if not ids:
+        raise UserError(f"{root.absolute()}: no usable clips to draw the splits from")
     split_cfg = data_cfg.splits
     n_val, n_test, shrunk = _split_sizes(len(ids), split_cfg.n_val, split_cfg.n_test)
     if shrunk:
-        log.warning("%s: only %d clips; holding out %d for validation and %d for test instead of %s/%s",
-                    root, len(ids), n_val, n_test, split_cfg.n_val, split_cfg.n_test)
+        log.warning("%s: only %d usable clips; holding out %d for validation and %d for test instead of %s/%s "
+                    "(at least %d%% train)", root, len(ids), n_val, n_test, split_cfg.n_val, split_cfg.n_test,
+                    round(100 * MIN_TRAIN_SHARE))
     order = list(ids)
     random.Random(int(split_cfg.seed)).shuffle(order)
     val, test = order[:n_val], order[n_val:n_val + n_test]
-    train = order[n_val + n_test:] or list(val)  # a one-clip corpus trains on its validation clip
-    if len(ids) < 2:
-        log.warning("%s: a single clip serves as both training and validation data", root)
+    train = order[n_val + n_test:]
+    if len(train) < MIN_TRAIN_SHARE * len(ids):  # too few to hold one out: validate on a training clip
+        train = list(ids)
+        log.warning("%s: %d clip(s) only; the validation clip is also a training clip", root, len(ids))
     splits = {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
+    files = split_files(data_cfg)
     try:
         for name in SPLITS:
             write_text_atomic(files[name], "".join(f"{i}\n" for i in splits[name]))
     except OSError as e:
-        raise UserError(f"{split_dir.absolute()}: cannot write the split filelists ({e.strerror}); the corpus "
-                        "folder must be writable") from None
+        raise UserError(f"{files['train'].parent.absolute()}: cannot write the split filelists ({e.strerror}); "
+                        "the corpus folder must be writable") from None
     log.info("wrote splits to %s: train %d, val %d, test %d clips (seed %d)",
-             split_dir, len(splits["train"]), len(splits["val"]), len(splits["test"]), int(split_cfg.seed))
+             files["train"].parent, len(splits["train"]), len(splits["val"]), len(splits["test"]),
+             int(split_cfg.seed))
     return splits

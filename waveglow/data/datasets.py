@@ -2,6 +2,9 @@
 
 Both datasets use the feature cache of `waveglow.data.preprocess` when it is valid and compute
 mels on the fly when it is not; either way a segment's mel equals the slice of its clip's mel.
+With paired mels (`data.mel_dir`, e.g. Tacotron 2 GTA outputs) the clip's mel is its paired
+mel (the cache's fitted copy, or the paired file fitted on the fly), never one computed from
+the audio.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from waveglow.data.audio import (
     warn_once_per_rate,
 )
 from waveglow.data.corpus import SPLITS, cache_dir, corpus_root, discover_corpus, ensure_splits
-from waveglow.data.preprocess import CorpusSettings, feature_settings, features_match, read_manifest
+from waveglow.data.paired import find_paired_mel, load_paired_mel, missing_reason, paired_mel_dir
+from waveglow.data.preprocess import CorpusSettings, cache_settings, features_match, read_manifest
 from waveglow.errors import UserError
 from waveglow.mel import MelSpectrogram, check_mel, load_mel
 
@@ -47,7 +51,7 @@ class ClipInfo:
     path: Path
     n_samples: int           # at the configured sampling rate
     file_rate: int           # the file's own rate
-    mel_path: Path | None    # cached mel, None when there is no valid cache
+    mel_path: Path | None    # cached mel (or, without a valid cache, the paired mel); None: compute it
 
 
 def split_clips(cfg: CorpusSettings, split: str) -> list[ClipInfo]:
@@ -62,7 +66,8 @@ def split_clips(cfg: CorpusSettings, split: str) -> list[ClipInfo]:
     data_cfg = cfg.data
     ids = ensure_splits(data_cfg)[split]
     root, cache = corpus_root(data_cfg), cache_dir(data_cfg)
-    features = feature_settings(cfg.audio)
+    features = cache_settings(cfg)
+    pairs = paired_mel_dir(data_cfg)
     sr = features["sampling_rate"]
     manifest = cache / "manifest.jsonl"
     if manifest.is_file() and features_match(cache, features):
@@ -78,8 +83,9 @@ def split_clips(cfg: CorpusSettings, split: str) -> list[ClipInfo]:
             log.info("%s split: %d of %d clips usable (see %s)", split, len(out), len(ids), cache / "bad_files.tsv")
         return out
     if manifest.is_file():
-        log.warning("%s was computed with other audio settings; computing mels on the fly "
-                    "(run waveglow-preprocess to refresh it)", cache)
+        log.warning("%s was computed with other audio settings or mel source; %s on the fly "
+                    "(run waveglow-preprocess to refresh it)", cache,
+                    "reading paired mels" if pairs else "computing mels")
     clips = discover_corpus(data_cfg).by_id()
     out = []
     for cid in ids:
@@ -93,8 +99,12 @@ def split_clips(cfg: CorpusSettings, split: str) -> list[ClipInfo]:
             log.warning("%s: unreadable (%s); skipped", clip.path, str(e).splitlines()[0] if str(e) else "?")
             continue
         n = resampled_length(int(info.frames), int(info.samplerate), sr)
+        paired = find_paired_mel(pairs, cid) if pairs is not None else None
+        if pairs is not None and paired is None:
+            log.warning("%s: %s; skipped", clip.path, missing_reason(pairs, cid))
+            continue
         if n > 0:
-            out.append(ClipInfo(cid, clip.path, n, int(info.samplerate), None))
+            out.append(ClipInfo(cid, clip.path, n, int(info.samplerate), paired))
     return out
 
 
@@ -104,6 +114,7 @@ class _ClipReader:
     def __init__(self, cfg: CorpusSettings, split: str, segment_length: int | None,
                  clips: Sequence[ClipInfo] | None) -> None:
         self.mel_fn = MelSpectrogram.from_config(cfg.audio)
+        self.paired = paired_mel_dir(cfg.data) is not None  # the clip's mel is its paired mel
         self.sr = self.mel_fn.sampling_rate
         self.hop = self.mel_fn.hop_length
         self.n_mels = self.mel_fn.n_mels
@@ -140,7 +151,17 @@ class _ClipReader:
         return audio
 
     def cached_mel(self, clip: ClipInfo) -> torch.Tensor | None:
-        """The clip's cached mel [n_mels, 1 + n // hop], or None (no cache, or it does not fit)."""
+        """The clip's cached mel [n_mels, 1 + n // hop], or None (no cache, or it does not fit).
+
+        With paired mels: the paired mel fitted to the clip, never None.
+
+        Raises:
+            UserError: paired mels only: missing, unreadable or beyond the frame tolerance.
+        """
+        if self.paired:
+            if clip.mel_path is None:
+                raise UserError(f"{clip.path}: no paired mel for clip {clip.id!r} (data.mel_dir)")
+            return load_paired_mel(clip.mel_path, self.n_mels, self.mel_fn.n_frames(clip.n_samples))[0]
         if clip.mel_path is None:
             return None
         try:
@@ -190,7 +211,11 @@ class _ClipReader:
         if n < length:
             audio = self.full_audio(clip)
             clean = self.pad_short(audio, length, generator)
-            return clean, self.mel_of(clean)
+            mel = self.mel_of(clean)
+            own = self.cached_mel(clip) if self.paired else None
+            if own is not None:  # the frames centred inside the clip are its paired frames; the rest pad
+                mel = torch.cat([own[:, :mel.shape[1]], mel[:, own.shape[1]:]], dim=1)
+            return clean, mel
         if start is None:
             start = self.hop * int(torch.randint(0, (n - length) // self.hop + 1, (1,), generator=generator))
         mel = self.cached_mel(clip)

@@ -130,7 +130,7 @@ def download(url: str, dest: str | os.PathLike, sha256: str, *, retries: int = 3
     scheme = urllib.parse.urlparse(url).scheme
     if scheme not in ("http", "https", "file"):
         raise UserError(f"data.download.url: expected an http(s)://, file:// URL or a path, got {url!r}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    _make_dir(dest.parent, "data.download.archive")
     part = dest.with_name(dest.name + ".part")
 
     for attempt in range(retries + 1):
@@ -270,7 +270,7 @@ def download_and_extract(url: str, sha256: str, archive_path: str | os.PathLike,
         log.info("%s is already there (downloaded and verified earlier); nothing to do", extract_to)
         return extract_to
     if extract_to.exists() and (not extract_to.is_dir() or any(extract_to.iterdir())):
-        raise UserError(f"{extract_to}: exists but was not made by waveglow-download (no {MARKER}); "
+        raise UserError(f"{extract_to.absolute()}: exists but was not made by waveglow-download (no {MARKER}); "
                         "use it as it is (skip this step) or move it away and rerun")
     expected = _check_sha256(sha256)
 
@@ -283,7 +283,7 @@ def download_and_extract(url: str, sha256: str, archive_path: str | os.PathLike,
         download(url, archive_path, expected, progress=progress)
 
     parent = extract_to.parent
-    parent.mkdir(parents=True, exist_ok=True)
+    _make_dir(parent, "data.root")
     prefix = f".{extract_to.name}.extracting-"
     for stale in parent.glob(prefix + "*"):  # left by a run that was killed mid-extraction
         shutil.rmtree(stale, ignore_errors=True)
@@ -295,12 +295,13 @@ def download_and_extract(url: str, sha256: str, archive_path: str | os.PathLike,
         if expected_dir is None:
             dirs = [p for p in tmp.iterdir() if p.is_dir()]
             if len(dirs) != 1:
-                raise UserError(f"{archive_path}: expected one top-level folder, found {sorted(top)}")
+                raise UserError(f"{archive_path.absolute()}: expected one top-level folder, found {sorted(top)}")
             source = dirs[0]
         else:
             source = tmp / expected_dir
             if not source.is_dir():
-                raise UserError(f"{archive_path}: expected a top-level folder {expected_dir!r}, found {sorted(top)}")
+                raise UserError(f"{archive_path.absolute()}: expected a top-level folder {expected_dir!r}, "
+                                f"found {sorted(top)}")
         info = {"url": url, "sha256": expected, "archive": str(archive_path), **(marker_info or {})}
         write_text_atomic(source / MARKER, json.dumps(info, indent=2) + "\n")
         source.chmod(0o755)  # mkdtemp's owner-only mode must not leak into the corpus
@@ -312,6 +313,14 @@ def download_and_extract(url: str, sha256: str, archive_path: str | os.PathLike,
         archive_path.unlink(missing_ok=True)
     log.info("extracted %s", extract_to)
     return extract_to
+
+
+def _make_dir(path: Path, setting: str) -> None:
+    """mkdir -p, or a one-line error naming the setting and the absolute path."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{setting}: cannot create the folder {path.absolute()} ({e.strerror})") from None
 
 
 def download_corpus(data_cfg: DataConfig, *, keep_archive: bool = True, progress: bool = True) -> Path:

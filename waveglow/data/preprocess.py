@@ -1,35 +1,44 @@
 """Preprocessing: the feature cache, its manifest, the training-split statistics and the bad-file report.
 
 `preprocess_corpus` caches one log-mel per clip under `<cache_dir>/mels/<id>.pt` (in worker
-processes), lists the usable clips in `manifest.jsonl`, the unusable files in `bad_files.tsv`,
-and writes the per-channel statistics of the training split to `stats.pt`. `load_stats` reads
-those statistics (computing them first when they are missing or stale).
+processes), computed from the audio or taken from the clip's paired mel (`data.mel_dir`), lists
+the usable clips in `manifest.jsonl`, the unusable files in `bad_files.tsv`, draws the splits
+from the usable clips (first time only) and writes the per-channel statistics of the training
+split to `stats.pt`. `load_stats` reads those statistics (computing them first when they are
+missing or stale).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import multiprocessing as mp
-import os
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
-import soundfile as sf
 import torch
 from tqdm import tqdm
 
 from waveglow.config import AudioConfig, DataConfig
-from waveglow.data.audio import load_audio, resampled_length, warn_once_per_rate
-from waveglow.data.corpus import SPLITS, BadFile, Corpus, cache_dir, discover_corpus, ensure_splits
+from waveglow.data.audio import warn_once_per_rate
+from waveglow.data.clipwork import ClipTask, process_clips
+from waveglow.data.corpus import (
+    SPLITS,
+    BadFile,
+    Corpus,
+    cache_dir,
+    discover_corpus,
+    ensure_splits,
+    read_splits,
+    split_files,
+)
+from waveglow.data.paired import find_paired_mel, missing_reason, paired_mel_dir
 from waveglow.errors import UserError
 from waveglow.fileio import atomic_write, remove_stale_temps, write_text_atomic
-from waveglow.mel import MelSpectrogram, MelStats, load_mel, save_mel
+from waveglow.mel import MelSpectrogram, MelStats, load_mel
 from waveglow.runtime import available_cores
 
 log = logging.getLogger("waveglow.data")
@@ -41,12 +50,26 @@ class CorpusSettings(Protocol):
     audio: AudioConfig
     data: DataConfig
 
+
 def feature_settings(audio_cfg: AudioConfig) -> dict[str, Any]:
     """The audio settings that determine a mel, normalised (what cached mels are checked against)."""
     m = MelSpectrogram.from_config(audio_cfg)
     return {"sampling_rate": m.sampling_rate, "n_fft": m.n_fft, "hop_length": m.hop_length,
             "win_length": m.win_length, "n_mels": m.n_mels, "fmin": m.fmin, "fmax": m.fmax,
             "log_clamp": m.log_clamp}
+
+
+def cache_settings(cfg: CorpusSettings) -> dict[str, Any]:
+    """What the cached mels depend on: the feature settings, and the paired-mel folder if any.
+
+    A cache of mels computed from the audio has no `mel_dir` key, so caches written before paired
+    mels existed stay valid.
+    """
+    settings = feature_settings(cfg.audio)
+    pairs = paired_mel_dir(cfg.data)
+    if pairs is not None:
+        settings["mel_dir"] = str(pairs.resolve())
+    return settings
 
 
 # ----------------------------------------------------------------------------- preprocessing
@@ -56,10 +79,10 @@ class PreprocessReport:
     """What `preprocess_corpus` did."""
 
     cache_dir: Path
-    n_clips: int = 0            # clips listed in the splits
-    n_ok: int = 0               # clips with a valid cached mel after the run
-    n_computed: int = 0         # of which computed in this run
-    n_reused: int = 0           # of which already cached and valid
+    n_clips: int = 0            # audio clips found in the corpus
+    n_ok: int = 0               # clips in the splits with a valid cached mel after the run
+    n_computed: int = 0         # clips whose mel was written in this run
+    n_reused: int = 0           # clips whose cached mel was valid
     bad: list[BadFile] = field(default_factory=list)
     seconds_audio: float = 0.0  # usable audio, all splits
     seconds_computed: float = 0.0
@@ -67,6 +90,10 @@ class PreprocessReport:
     total_seconds: float = 0.0  # everything: discovery, splits, writing the manifest and stats
     workers: int = 1
     split_counts: dict[str, int] = field(default_factory=dict)
+    paired_dir: Path | None = None  # data.mel_dir, when the mels come from there
+    n_trimmed: int = 0          # paired mels longer than the audio's frames (trailing frames cut)
+    n_padded: int = 0           # paired mels shorter (last frame repeated)
+    max_frame_diff: int = 0     # the largest |paired frames - audio frames| that was fitted
     manifest_path: Path | None = None
     stats_path: Path | None = None
     report_path: Path | None = None
@@ -81,128 +108,13 @@ class PreprocessReport:
                  f"{self.realtime_factor:.0f}x real time on {self.workers} worker(s)") if self.n_computed else \
                 f"nothing to compute ({self.wall_seconds:.1f} s)"
         splits = ", ".join(f"{k} {v}" for k, v in self.split_counts.items())
+        paired = ""
+        if self.paired_dir is not None:
+            paired = (f"; paired mels from {self.paired_dir}: {self.n_trimmed} trimmed, {self.n_padded} padded "
+                      f"(at most {self.max_frame_diff} frames)")
         return (f"preprocessed {self.n_ok}/{self.n_clips} clips ({self.seconds_audio / 3600:.2f} h; {splits}): "
-                f"{self.n_computed} computed, {self.n_reused} reused from cache, {len(self.bad)} bad; "
+                f"{self.n_computed} computed, {self.n_reused} reused from cache, {len(self.bad)} bad{paired}; "
                 f"{speed}; {self.total_seconds:.1f} s in all; cache: {self.cache_dir}")
-
-
-@dataclass(frozen=True)
-class _Task:
-    clip_id: str
-    audio_path: str
-    mel_path: str
-    want_stats: bool
-    may_reuse: bool
-    not_before_ns: int  # a cached mel older than this (features or source changed) is stale
-
-
-class _ClipProcessor:
-    """Turns one clip into a cached mel (or reuses the cached one); runs in worker processes."""
-
-    def __init__(self, features: Mapping[str, Any]) -> None:
-        self.mel = MelSpectrogram(**features)
-        self.sampling_rate = int(features["sampling_rate"])
-
-    def __call__(self, task: _Task) -> dict[str, Any]:
-        out: dict[str, Any] = {"id": task.clip_id, "path": task.audio_path, "reused": False}
-        try:
-            info = sf.info(task.audio_path)
-            out["file_rate"] = int(info.samplerate)
-            mel = self._reuse(task, info) if task.may_reuse else None
-            if mel is not None:
-                out["reused"] = True
-                out["n_samples"] = resampled_length(int(info.frames), int(info.samplerate), self.sampling_rate)
-            else:
-                audio = load_audio(task.audio_path, self.sampling_rate, warn=lambda *_: None)
-                problem = self._problem(audio)
-                if problem:
-                    return {**out, "bad": problem}
-                with torch.inference_mode():
-                    mel = self.mel(torch.from_numpy(audio))
-                save_mel(task.mel_path, mel)
-                out["n_samples"] = int(audio.shape[0])
-        except UserError as e:
-            return {**out, "bad": _reason(e, task.audio_path)}
-        except (sf.LibsndfileError, RuntimeError, TypeError) as e:
-            return {**out, "bad": f"cannot read audio ({str(e).splitlines()[0] if str(e) else type(e).__name__})"}
-        out["n_frames"] = int(mel.shape[1])
-        if task.want_stats:
-            stats = MelStats(mel.shape[0])
-            stats.update(mel)
-            out["stats"] = (stats.count, stats.mean, stats.m2)
-        return out
-
-    def _reuse(self, task: _Task, info: Any) -> torch.Tensor | None:
-        """The cached mel if it exists, is newer than the source and the settings, and fits the clip."""
-        try:
-            st = os.stat(task.mel_path)
-        except FileNotFoundError:
-            return None
-        if st.st_mtime_ns < max(task.not_before_ns, os.stat(task.audio_path).st_mtime_ns):
-            return None
-        n = resampled_length(int(info.frames), int(info.samplerate), self.sampling_rate)
-        try:
-            mel = load_mel(task.mel_path, self.mel.n_mels)
-        except UserError:
-            return None  # half-written or damaged: recompute
-        return mel if mel.shape[1] == self.mel.n_frames(n) else None
-
-    def _problem(self, audio: np.ndarray) -> str | None:
-        if not np.any(audio):
-            return "all-zero audio (digital silence)"
-        min_len = self.mel.n_fft // 2 + 1
-        if audio.shape[0] < min_len:
-            return f"too short ({audio.shape[0]} samples; need at least {min_len})"
-        return None
-
-
-def _reason(e: UserError, path: str) -> str:
-    """A UserError message without the leading '<path>: '."""
-    msg = str(e)
-    return msg[len(path) + 2:] if msg.startswith(f"{path}: ") else msg
-
-
-# The worker processes' processor, set once by the pool initializer (one per process).
-_worker_processor: _ClipProcessor | None = None
-
-
-def _init_worker(features: dict[str, Any]) -> None:
-    global _worker_processor
-    # Several workers share the cores: intra-op threads would only oversubscribe them.
-    torch.set_num_threads(1)
-    _worker_processor = _ClipProcessor(features)
-
-
-def _run_task(task: _Task) -> dict[str, Any]:
-    assert _worker_processor is not None
-    return _worker_processor(task)
-
-
-def _results(tasks: Sequence[_Task], features: dict[str, Any], workers: int) -> Iterator[dict[str, Any]]:
-    """Process tasks in-process (workers == 1) or in a pool, yielding results as they finish."""
-    if workers <= 1:
-        processor = _ClipProcessor(features)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # one short clip at a time: thread start-up costs more than it gains
-        try:
-            for task in tasks:
-                yield processor(task)
-        finally:
-            torch.set_num_threads(threads)
-        return
-    # fork is cheap to start (spawn re-imports torch in every worker, ~1.5 s each); workers use
-    # one thread and no accelerator, the same conditions under which DataLoader workers fork.
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    chunksize = max(1, min(16, len(tasks) // (workers * 8)))
-    pool = mp.get_context(method).Pool(workers, initializer=_init_worker, initargs=(features,))
-    try:
-        yield from pool.imap_unordered(_run_task, tasks, chunksize=chunksize)
-        pool.close()
-    except BaseException:
-        pool.terminate()
-        raise
-    finally:
-        pool.join()
 
 
 def _features_path(cache: Path) -> Path:
@@ -218,24 +130,37 @@ def features_match(cache: Path, features: Mapping[str, Any]) -> bool:
 
 
 def _split_of(corpus: Corpus, splits: Mapping[str, list[str]]) -> tuple[dict[str, str], list[BadFile]]:
-    """The split of each listed clip, and the bad files (the corpus's, plus listed ids not found)."""
+    """The split of each listed clip, and the listed ids that are not in the corpus."""
     clips = corpus.by_id()
     split_of: dict[str, str] = {}
-    bad = list(corpus.bad)
+    bad: list[BadFile] = []
     reported = {b.clip_id for b in corpus.bad}
     for name in SPLITS:
         for clip_id in splits[name]:
             if clip_id in split_of:
-                continue  # a clip listed twice (1-clip corpus: train == val) is processed once
+                continue  # a clip listed twice (tiny corpus: val within train) belongs to the first
             split_of[clip_id] = name
             if clip_id not in clips and clip_id not in reported:
                 bad.append(BadFile(str(corpus.root / "splits" / f"{name}.txt"),
                                    f"clip {clip_id!r} is listed but not found in the corpus"))
-    unsplit = [c for c in clips if c not in split_of]
+    return split_of, bad
+
+
+def _warn_split_problems(corpus: Corpus, split_of: Mapping[str, str], usable: Sequence[str],
+                         bad: Sequence[BadFile]) -> None:
+    """Warn about usable clips in no split, and unusable clips that hold places in written splits."""
+    unsplit = [c for c in usable if c not in split_of]
     if unsplit:
         log.warning("%s: %d clips are in no split (added after the splits were written; delete %s to "
                     "redraw them), e.g. %s", corpus.root, len(unsplit), corpus.root / "splits", unsplit[0])
-    return split_of, bad
+    listed_bad: dict[str, int] = {}
+    for b in bad:
+        if b.clip_id is not None and b.clip_id in split_of:
+            listed_bad[split_of[b.clip_id]] = listed_bad.get(split_of[b.clip_id], 0) + 1
+    if listed_bad:
+        log.warning("%s: the splits list %d unusable clips (%s; see bad_files.tsv); they are left out. Delete %s "
+                    "to redraw the splits from the usable clips", corpus.root, sum(listed_bad.values()),
+                    ", ".join(f"{k} {v}" for k, v in listed_bad.items()), corpus.root / "splits")
 
 
 def _write_bad_files(path: Path, bad: Sequence[BadFile]) -> None:
@@ -258,16 +183,18 @@ def read_manifest(cache: Path) -> dict[str, dict[str, Any]]:
 
 
 def preprocess_corpus(cfg: CorpusSettings, *, num_workers: int | None = None, progress: bool = True) -> PreprocessReport:
-    """Cache a log-mel for every clip in the splits, then write the manifest and statistics.
+    """Cache a log-mel for every clip, draw the splits if needed, write the manifest and statistics.
 
-    Clips whose cached mel is valid (newer than the audio and the feature settings, right
-    shape, finite) are reused, so an interrupted run resumes where it stopped. Files that
-    cannot be used (unreadable, empty, NaN/Inf, all-zero, too short, missing, wrong extension)
-    are skipped and listed in `<cache_dir>/bad_files.tsv`.
+    Clips whose cached mel is valid (newer than its sources and the settings, right shape,
+    finite) are reused, so an interrupted run resumes where it stopped. Files that cannot be
+    used (unreadable, empty, NaN/Inf, all-zero, too short, missing, wrong extension; with
+    `data.mel_dir`: no paired mel, or one whose frames differ by more than the tolerance) are
+    skipped and listed in `<cache_dir>/bad_files.tsv`. Splits not yet written are drawn from
+    the usable clips only.
 
     Writes into the cache dir: `mels/<id>.pt` (float32 [n_mels, F]), `manifest.jsonl`,
     `stats.pt` ({"mean", "std"}: float32 [n_mels] over the training split), `features.json`
-    (the audio settings), `bad_files.tsv`.
+    (the audio settings and the paired-mel folder), `bad_files.tsv`.
 
     Args:
         cfg: config with `audio` and `data` blocks.
@@ -278,14 +205,16 @@ def preprocess_corpus(cfg: CorpusSettings, *, num_workers: int | None = None, pr
         A PreprocessReport.
 
     Raises:
-        UserError: missing corpus, or no usable training clip at all.
+        UserError: missing corpus or mel folder, a paired mel that does not load (e.g. another
+            channel count; the message names the file), or no usable training clip at all.
     """
     t0 = time.perf_counter()
-    data_cfg, audio_cfg = cfg.data, cfg.audio
+    data_cfg = cfg.data
     corpus = discover_corpus(data_cfg)  # first: a wrong path is reported before anything slow
-    features = feature_settings(audio_cfg)
-    sr = features["sampling_rate"]
-    splits = ensure_splits(data_cfg)
+    pairs = paired_mel_dir(data_cfg)
+    features = cache_settings(cfg)
+    sr, n_mels = features["sampling_rate"], features["n_mels"]
+    written = read_splits(data_cfg)
     cache = cache_dir(data_cfg)
     mel_dir = cache / "mels"
     try:
@@ -298,31 +227,40 @@ def preprocess_corpus(cfg: CorpusSettings, *, num_workers: int | None = None, pr
     reuse = features_match(cache, features)
     if not reuse:
         if any(mel_dir.iterdir()):
-            log.info("%s: audio settings changed (or unknown); recomputing every mel", cache)
+            log.info("%s: audio settings or mel source changed (or unknown); recomputing every mel", cache)
         write_text_atomic(_features_path(cache), json.dumps(features, indent=1) + "\n")
     not_before = _features_path(cache).stat().st_mtime_ns
 
     clips = corpus.by_id()
-    split_of, bad = _split_of(corpus, splits)
-    train_ids = set(splits["train"])
-    tasks = [_Task(cid, str(clips[cid].path), str(mel_dir / f"{cid}.pt"), cid in train_ids, reuse, not_before)
-             for cid in sorted(split_of) if cid in clips]
+    split_of, bad = _split_of(corpus, written) if written is not None else ({}, [])
+    bad = list(corpus.bad) + bad
+    tasks = []
+    for cid in sorted(clips):  # every clip, listed or not: bad_files.tsv names all unusable files
+        paired = find_paired_mel(pairs, cid) if pairs is not None else None
+        if pairs is not None and paired is None:
+            bad.append(BadFile(str(clips[cid].path), missing_reason(pairs, cid), cid))
+            continue
+        tasks.append(ClipTask(cid, str(clips[cid].path), str(mel_dir / f"{cid}.pt"), reuse, not_before,
+                              str(paired or "")))
+    if tasks and tasks[0].paired_path:
+        load_mel(tasks[0].paired_path, n_mels)  # fail fast on another channel count, naming the file
 
     workers = int(num_workers or data_cfg.num_workers or available_cores())
     workers = max(1, min(workers, len(tasks)))
-    report = PreprocessReport(cache_dir=cache, n_clips=len(tasks), workers=workers)
-    stats = MelStats(features["n_mels"])
-    seen_rates: set[int] = set()
-    warn = warn_once_per_rate(seen_rates)
+    report = PreprocessReport(cache_dir=cache, n_clips=len(clips), workers=workers, paired_dir=pairs)
+    clip_stats: dict[str, tuple[int, Any, Any]] = {}
+    warn = warn_once_per_rate(set())
     rows: list[dict[str, Any]] = []
     t_mels = time.perf_counter()
     bar = tqdm(total=len(tasks), unit="clip", desc="mels", disable=not progress, file=sys.stderr,
                mininterval=0.5, dynamic_ncols=True)
     with bar:
-        for res in _results(tasks, features, workers):
+        for res in process_clips(tasks, features, workers):
             bar.update(1)
+            if "fatal" in res:
+                raise UserError(res["fatal"])
             if "bad" in res:
-                bad.append(BadFile(res["path"], res["bad"]))
+                bad.append(BadFile(res["path"], res["bad"], res["id"]))
                 continue
             if res["file_rate"] != sr:
                 warn(Path(res["path"]), res["file_rate"], sr)
@@ -333,28 +271,41 @@ def preprocess_corpus(cfg: CorpusSettings, *, num_workers: int | None = None, pr
             else:
                 report.n_computed += 1
                 report.seconds_computed += seconds
-            if "stats" in res:
-                part = MelStats(features["n_mels"])
-                part.count, part.mean, part.m2 = res["stats"]
-                stats.merge(part)
-            rows.append({"id": res["id"], "split": split_of[res["id"]],
-                         "path": _relative(Path(res["path"]), corpus.root),
+            diff = res.get("frame_diff", 0)
+            report.n_trimmed += diff > 0
+            report.n_padded += diff < 0
+            report.max_frame_diff = max(report.max_frame_diff, abs(diff))
+            clip_stats[res["id"]] = res["stats"]
+            rows.append({"id": res["id"], "path": _relative(Path(res["path"]), corpus.root),
                          "mel": f"mels/{res['id']}.pt", "n_samples": res["n_samples"],
                          "n_frames": res["n_frames"], "file_rate": res["file_rate"]})
     report.wall_seconds = time.perf_counter() - t_mels
-    report.n_ok = len(rows)
     report.bad = sorted(bad, key=lambda b: b.path)
-    report.split_counts = {name: sum(r["split"] == name for r in rows) for name in SPLITS}
-
     report.report_path = cache / "bad_files.tsv"
     _write_bad_files(report.report_path, report.bad)
     if not rows:
         raise UserError(f"{corpus.root.absolute()}: no usable clips ({len(report.bad)} bad files, see {report.report_path})")
+
+    usable = sorted(r["id"] for r in rows)
+    if written is None:  # first run: the splits hold usable clips only
+        split_of = {}
+        for name, ids in ensure_splits(data_cfg, usable).items():
+            for cid in ids:
+                split_of.setdefault(cid, name)
+    _warn_split_problems(corpus, split_of, usable, report.bad)
+    rows = sorted(({**r, "split": split_of[r["id"]]} for r in rows if r["id"] in split_of), key=lambda r: r["id"])
+    stats = MelStats(n_mels)
+    for r in rows:
+        if r["split"] == "train":
+            part = MelStats(n_mels)
+            part.count, part.mean, part.m2 = clip_stats[r["id"]]
+            stats.merge(part)
+    report.n_ok = len(rows)
+    report.split_counts = {name: sum(r["split"] == name for r in rows) for name in SPLITS}
     if stats.count == 0:
         raise UserError(f"{corpus.root.absolute()}: no usable clip in the training split ({len(report.bad)} bad files, "
                         f"see {report.report_path})")
 
-    rows.sort(key=lambda r: r["id"])
     report.manifest_path = cache / "manifest.jsonl"
     write_text_atomic(report.manifest_path, "".join(json.dumps(r) + "\n" for r in rows))
     report.stats_path = cache / "stats.pt"
@@ -374,8 +325,9 @@ def load_stats(cfg: CorpusSettings, *, compute_if_missing: bool = True, num_work
                progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel log-mel mean and std of the training split.
 
-    Read from `<cache_dir>/stats.pt`; when that is missing, stale (other audio settings) or
-    damaged, the corpus is preprocessed first (which also fills the mel cache).
+    Read from `<cache_dir>/stats.pt`; when that is missing, stale (other audio settings, another
+    `data.mel_dir`, splits missing or edited since) or damaged, the corpus is preprocessed first
+    (which also fills the mel cache). With paired mels these are the paired mels' statistics.
 
     Args:
         cfg: config with `audio` and `data` blocks.
@@ -387,11 +339,16 @@ def load_stats(cfg: CorpusSettings, *, compute_if_missing: bool = True, num_work
     """
     cache = cache_dir(cfg.data)
     path = cache / "stats.pt"
-    features = feature_settings(cfg.audio)
+    features = cache_settings(cfg)
+    train_list = split_files(cfg.data)["train"]
     if not path.is_file():
         problem = "not found"
     elif not features_match(cache, features):
-        problem = "computed with other audio settings"
+        problem = "computed with other audio settings or another data.mel_dir"
+    elif read_splits(cfg.data) is None:
+        problem = "the splits are not written yet"
+    elif train_list.stat().st_mtime_ns > path.stat().st_mtime_ns:
+        problem = f"older than {train_list} (the training split changed)"
     else:
         problem = _check_stats(path, features["n_mels"])
     if problem:
