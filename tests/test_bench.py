@@ -9,14 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import REPO, run_cli
 
-from tests.conftest import REPO, run_cli
 from waveglow import bench
+from waveglow import model as model_module
 from waveglow.bench import cases
 from waveglow.checkpoint import build_checkpoint, build_model, save_checkpoint
 from waveglow.cli.bench import rewrite_argv
-from waveglow.config import ModelConfig, from_dict, to_dict
+from waveglow.config import ModelConfig, TrainConfig, from_dict, to_dict
 from waveglow.errors import UserError
+from waveglow.train.numerics import NumericsState
 from waveglow.train.step import Stepper
 
 AUDIO = {"sampling_rate": 22050, "n_fft": 1024, "hop_length": 256, "win_length": 1024,
@@ -133,6 +135,41 @@ def test_plan_cases_runs_preprocess_once_and_rejects_unknown_values() -> None:
         list(bench.plan_cases(["a"], ["synthesis"], ["fp8"], [1.0], [], "cpu"))
 
 
+def test_plan_cases_runs_training_once_per_memory_mode() -> None:
+    cases = list(bench.plan_cases(["a"], ["synthesis", "train"], ["fp32", "bf16"], [1.0], [], "cpu",
+                                  memories=["standard", "invertible"]))
+    assert [(c.task, c.precision, c.memory) for c in cases] == [
+        ("synthesis", "fp32", "standard"), ("synthesis", "bf16", "standard"),
+        ("train", "fp32", "standard"), ("train", "fp32", "invertible"),
+        ("train", "bf16", "standard"), ("train", "bf16", "invertible")]
+    with pytest.raises(UserError, match="memory=bogus"):
+        list(bench.plan_cases(["a"], ["train"], ["fp32"], [1.0], [], "cpu", memories=["bogus"]))
+    assert rewrite_argv(["memory=standard,invertible"]) == ["memory=[standard,invertible]"]
+
+
+def test_train_case_runs_the_memory_mode_it_names(tmp_path: Path, one_thread: int, monkeypatch) -> None:
+    """memory=invertible reaches the model through the trainer's step (the recomputing walk
+    runs once per step); memory=standard never runs it."""
+    walks = []
+    real = model_module.walk_recomputed
+
+    def counting(*args, **kwargs):
+        walks.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model_module, "walk_recomputed", counting)
+    _write_model_config(tmp_path, "small", SMALL_CONFIGS["affine"])
+    rows = {}
+    for memory in ("standard", "invertible"):
+        walks.clear()
+        case = bench.Case(task="train", model="small", batch=2, segment_length=1024, repeats=2,
+                          warmup=1, audio=AUDIO, config_dir=str(tmp_path), measure_peak=False,
+                          threads=one_thread, memory=memory)
+        rows[memory] = bench.run_case(case)
+        assert len(walks) == (3 if memory == "invertible" else 0)
+        assert rows[memory]["memory"] == memory and rows[memory]["samples_per_sec"] > 0
+
+
 def test_peak_memory_sees_a_region_allocation() -> None:
     # 256 MiB: more than the allocator may keep resident from earlier frees (glibc keeps up to
     # 64 MiB of freed heap), so the pages must be new.
@@ -166,19 +203,22 @@ def _check_row(row: dict, task: str) -> None:
 def test_cli_tiny_emits_one_well_formed_line_per_case(tmp_path: Path) -> None:
     proc = run_cli("waveglow-bench", "model=tiny", "tasks=synthesis,train,preprocess",
                    "precision=fp32", "seconds=0.25", "repeats=2", "warmup=1", "segment_length=2048",
-                   "threads=1", f"output_dir={tmp_path}", *FAST_PEAK_ARGS, timeout=120)
+                   "memory=standard,invertible", "threads=1", f"output_dir={tmp_path}",
+                   *FAST_PEAK_ARGS, timeout=180)
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
-    assert [r["task"] for r in rows] == ["synthesis", "train", "preprocess"]
+    assert [r["task"] for r in rows] == ["synthesis", "train", "train", "preprocess"]
+    assert [r["memory"] for r in rows[1:3]] == ["standard", "invertible"]
     for row in rows:
         _check_row(row, row["task"])
     synth, train = rows[0], rows[1]
+    assert rows[2]["gmac_per_audio_second"] == train["gmac_per_audio_second"]
     assert synth["model"] == "tiny" and synth["batch"] == 1 and synth["precision"] == "fp32"
     assert synth["threads"] == 1
     assert synth["audio_seconds"] == pytest.approx(0.25, abs=256 / 22050)
     assert train["batch"] == 2 and train["audio_seconds"] == pytest.approx(2 * 2048 / 22050)
     # Training costs about three passes: forward, and backward for inputs and for weights.
     assert 2 < train["gmac_per_audio_second"] / synth["gmac_per_audio_second"] <= 3
-    assert "kHz" in proc.stderr and "% peak" in proc.stderr  # the table
+    assert "kHz" in proc.stderr and "% peak" in proc.stderr and "invertible" in proc.stderr  # the table
     saved = [json.loads(line) for line in (tmp_path / "bench.jsonl").read_text().splitlines()]
     assert saved == rows
     assert (tmp_path / "bench.config.yaml").is_file() and (tmp_path / "table.txt").is_file()
@@ -245,6 +285,46 @@ def test_train_case_times_the_trainers_step(tmp_path: Path, one_thread: int, mon
     assert row["samples_per_sec"] > 0 and row["audio_seconds"] == pytest.approx(2 * 1024 / 22050)
 
 
+def test_train_case_runs_under_the_trainers_numerics(tmp_path: Path, one_thread: int, monkeypatch) -> None:
+    """The step runs under `waveglow.train.numerics.configure` with the trainer's default
+    settings (on CUDA: TF32 for the conditioner, cuDNN autotuning), put back after the case.
+    The CUDA switches are plain flags, so a CPU run can watch them: here `configure` is told
+    the device is CUDA."""
+    real = cases.configure_numerics
+    configured = []
+
+    def as_on_cuda(train_cfg, device):
+        configured.append((train_cfg, device.type))
+        real(train_cfg, torch.device("cuda"))
+
+    flags = []
+
+    class Recording(Stepper):
+        def __call__(self, audio, mel, lr, **kw):
+            flags.append((torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32,
+                          torch.backends.cuda.matmul.allow_tf32))
+            return super().__call__(audio, mel, lr, **kw)
+
+    monkeypatch.setattr(cases, "configure_numerics", as_on_cuda)
+    monkeypatch.setattr(cases, "Stepper", Recording)
+    _write_model_config(tmp_path, "small", SMALL_CONFIGS["affine"])
+    case = bench.Case(task="train", model="small", batch=1, segment_length=512, repeats=1,
+                      warmup=0, audio=AUDIO, config_dir=str(tmp_path), measure_peak=False,
+                      threads=one_thread)
+    outside = NumericsState.capture()
+    try:
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        torch.set_num_threads(one_thread)  # what run_case sets first
+        before = NumericsState.capture()
+        bench.run_case(case)
+        assert NumericsState.capture() == before
+    finally:
+        outside.restore()
+    assert configured == [(TrainConfig(), "cpu")]
+    assert flags == [(True, TrainConfig.tf32, TrainConfig.tf32)]
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_synthesis_reports_max_allocated(tmp_path: Path) -> None:
@@ -273,3 +353,19 @@ def test_cuda_fp16_train_case_runs_the_step_with_a_grad_scaler(tmp_path: Path, m
     row = bench.run_case(case)
     assert scalers and all(isinstance(s, torch.amp.GradScaler) for s in scalers)
     assert row["samples_per_sec"] > 0 and 0 < row["peak_mem_mib"] < 4096
+
+
+def test_engine_onnxruntime_puts_eager_and_onnx_rows_in_one_table() -> None:
+    from waveglow.cli.bench import with_onnx_rows
+
+    common = dict(repeats=1, threads=1, sigma=0.6, seed=0, audio={}, segment_length=16000, lr=1e-4,
+                  corpus="data/demo", peak={}, snr=False, engine="model", clock="wall")
+    cases = list(bench.plan_cases(models=["tiny"], tasks=["synthesis", "train"], precisions=["fp32", "bf16"],
+                                  seconds=[1.0], batches=None, device="cpu", **common))
+    rows = [(c.task, c.precision, c.engine) for c in with_onnx_rows(cases)]
+    assert rows[:3] == [("synthesis", "fp32", "model"), ("synthesis", "fp32", "onnxruntime"),
+                        ("synthesis", "bf16", "model")]
+    assert [r for r in rows if r[2] == "onnxruntime"] == [("synthesis", "fp32", "onnxruntime")]
+    train_only = [c for c in cases if c.task == "train"]
+    with pytest.raises(UserError, match="engine=onnxruntime times the fp32 ONNX export"):
+        with_onnx_rows(train_only)

@@ -5,8 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 from torch.autograd.functional import jacobian
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from waveglow.conditioner import WN, WNConv1d, _depthwise_shifted, pointwise_conv
+from waveglow.conditioner import (
+    WN,
+    WNConv1d,
+    _depthwise_shifted,
+    _dilated_as_matmul,
+    autograd_numerics,
+    pointwise_conv,
+)
 from waveglow.flows import (
     AdditiveCoupling,
     AffineCoupling,
@@ -121,6 +129,36 @@ def test_flow_part_contract(name: str):
     y32, logdet32 = part32(x.float(), cond.float())
     assert y32.dtype == torch.float32 and logdet32.dtype in (torch.float32, torch.float64)
     assert (part32.inverse(y32, cond.float()) - x.float()).abs().max() < 1e-4
+    _check_inverse_vjp(part, x, cond)
+
+
+def _check_inverse_vjp(part: FlowPart, x: torch.Tensor, cond: torch.Tensor) -> None:
+    """inverse_vjp(y, cond, dy, dlogdet) rebuilds x from y and gives autograd's gradients of
+    <dy, y> + <dlogdet, logdet> through forward(x, cond): for x, cond and every parameter."""
+    part = part.double()
+    g = torch.Generator().manual_seed(3)
+    x = x.clone().requires_grad_()
+    cond = cond.clone().requires_grad_()
+    y, logdet = part(x, cond)
+    grad_y = torch.randn(y.shape, generator=g, dtype=y.dtype)
+    grad_logdet = torch.randn(logdet.shape, generator=g, dtype=logdet.dtype)
+    params = [p for p in part.parameters() if p.requires_grad]
+    loss = (y * grad_y).sum() + (logdet * grad_logdet).sum()
+    expected = torch.autograd.grad(loss, [x, cond, *params], allow_unused=True)
+    x_rec, grad_x, grad_cond, grad_params = part.inverse_vjp(y.detach(), cond.detach().requires_grad_(),
+                                                              grad_y, grad_logdet)
+    assert (x_rec - x).abs().max() < 1e-12 and not x_rec.requires_grad
+    assert torch.allclose(grad_x, expected[0], rtol=1e-10, atol=1e-12)
+    if expected[1] is None:
+        assert grad_cond is None or grad_cond.abs().max() == 0
+    else:
+        assert torch.allclose(grad_cond, expected[1], rtol=1e-10, atol=1e-12)
+    assert len(grad_params) == len(params)
+    for got, want in zip(grad_params, expected[2:]):
+        if want is None:
+            assert got is None or got.abs().max() == 0
+        else:
+            assert got is not None and torch.allclose(got, want, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("cls", [AffineCoupling, AdditiveCoupling])
@@ -305,41 +343,81 @@ def test_inverse_cache_follows_a_replaced_parameter_and_device_moves():
         assert part._inv is None
 
 
-def test_tanh_identity_only_in_cpu_fp32_inference():
-    """The sigmoid form of tanh is used only where it is faster (fp32 inference on the CPU);
-    under bf16 autocast the inference path calls tanh itself (the identity loses accuracy)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
+class _Ops(TorchDispatchMode):
+    """Records the aten operators that run."""
 
-    class Ops(TorchDispatchMode):
-        def __init__(self) -> None:
-            super().__init__()
-            self.names: list[str] = []
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
 
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.names.append(func.overloadpacket.__name__)
-            return func(*args, **(kwargs or {}))
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
 
+
+def test_tanh_identity_only_in_float32_on_the_cpu():
+    """The sigmoid form of tanh runs only where it is faster, and always in float32: fp32 and
+    bf16 inference on the CPU (a bf16 gate is upcast first). With autograd on, and inside
+    `autograd_numerics()`, bf16 calls tanh itself (the identity in bf16 loses accuracy)."""
     torch.manual_seed(9)
     wn = WN(3, N_COND, 6, n_layers=3, n_channels=8)
     a, cond = torch.randn(B, 3, 16), torch.randn(B, N_COND, 16)
-    with torch.no_grad(), Ops() as fp32:
+    with torch.no_grad(), _Ops() as fp32:
         wn(a, cond)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), Ops() as bf16:
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), _Ops() as bf16:
+        wn(a, cond)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), autograd_numerics(), _Ops() as same:
         wn(a, cond)
     assert "tanh" not in fp32.names and fp32.names.count("sigmoid_") == 2 * 3
-    assert bf16.names.count("tanh") == 3
+    assert "tanh" not in bf16.names and bf16.names.count("sigmoid_") == 2 * 3
+    assert same.names.count("tanh") == 3 and "sigmoid_" not in same.names
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5])
+@pytest.mark.parametrize("dilation", [1, 4, 16, 64])
+def test_dilated_as_matmul_matches_conv1d(kernel_size, dilation):
+    """The stacked-taps product equals the dense dilated conv (taps past the ends read zeros)."""
+    torch.manual_seed(8)
+    x, w, b = torch.randn(2, 6, 20), torch.randn(10, 6, kernel_size), torch.randn(10)
+    pad = dilation * (kernel_size - 1) // 2
+    with torch.no_grad():
+        for bias in (b, None):
+            ref = torch.nn.functional.conv1d(x, w, bias, padding=pad, dilation=dilation)
+            assert torch.allclose(_dilated_as_matmul(x, w, bias, dilation), ref, atol=1e-5)
+
+
+def test_bf16_inference_path_and_autograd_numerics():
+    """bf16 CPU inference (stacked-tap dilated convs, float32 gate) agrees with the autograd
+    path to bf16 accuracy; inside `autograd_numerics()` it computes exactly what the autograd
+    path computes, which invertible backprop needs to invert with recomputed shifts."""
+    torch.manual_seed(10)
+    wn = WN(3, N_COND, 6, n_layers=4, n_channels=16)
+    _randomize_end(wn)
+    a, cond = torch.randn(B, 3, 40), torch.randn(B, N_COND, 40)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        train = wn(a, cond).float()
+        with torch.no_grad():
+            fast = wn(a, cond).float()
+            with autograd_numerics():
+                same = wn(a, cond).float()
+    with torch.no_grad():
+        exact = wn(a, cond)
+    assert torch.equal(same, train.detach())
+    scale = exact.abs().max()
+    assert (fast - exact).abs().max() < 0.02 * scale and (train - exact).abs().max() < 0.02 * scale
+    assert not torch.equal(fast, same)  # the fast path really ran
 
 
 def test_exact_fp32_turns_tf32_off_and_restores_it():
-    from waveglow.runtime import exact_fp32
+    from waveglow.runtime import exact_fp32, restore_tf32, set_tf32, tf32_allowed
 
-    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    before = set_tf32(True)
     try:
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        assert tf32_allowed()
         with exact_fp32("cuda"):
-            assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
-        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+            assert not tf32_allowed()
+        assert tf32_allowed()
         with exact_fp32("cpu"):  # nothing to do on the CPU
-            assert torch.backends.cuda.matmul.allow_tf32
+            assert tf32_allowed()
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+        restore_tf32(before)

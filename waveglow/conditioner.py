@@ -23,22 +23,49 @@ dilated) and `in_layers.i.pointwise` (1×1, C -> 2C), both weight-normed.
 `remove_weight_norm()` folds every `weight_g`/`weight_v` pair into one `weight` parameter
 (state_dict keys change from `*.weight_g`/`*.weight_v` to `*.weight`).
 
-Inference fast paths (autograd off, e.g. `torch.inference_mode`; same results to float rounding,
-nothing cached from the weights, the state_dict untouched): the conditioning projection's bias
-is added through the dilated convs' biases instead of over its whole output; on CPU in float32
-(no autocast) the 1×1 convs run as oneDNN matmuls (`pointwise_conv`) and depthwise convs as
-shifted multiply-adds (`_depthwise_shifted`).
+The conditioning projection's bias is added through the dilated convs' biases instead of over
+its whole output (with and without autograd alike). Inference fast paths (autograd off, e.g.
+`torch.inference_mode`; same results to float rounding, nothing cached from the weights, the
+state_dict untouched): intermediates are updated in place; on CPU in float32 (no autocast) the
+1×1 convs run as oneDNN matmuls (`pointwise_conv`) and depthwise convs as shifted
+multiply-adds (`_depthwise_shifted`); in bf16 (CPU autocast) the dense dilated convs run as one
+matmul over their stacked taps (`_dilated_as_matmul`); on CPU in fp32 and bf16 the gate's tanh
+is 2·sigmoid(2u) − 1 evaluated in float32.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+# Whether the bf16 reformulations of the inference path (`_dilated_as_matmul`, the float32
+# gate) may run; `autograd_numerics()` turns them off. The fp32 ones change results only by
+# float32 rounding and always run.
+_LOW_PRECISION_FAST_PATHS: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "waveglow_low_precision_fast_paths", default=True)
+
+
+@contextlib.contextmanager
+def autograd_numerics() -> Iterator[None]:
+    """Inside: with autograd off, the conditioner computes in bf16/fp16 what it computes with
+    autograd on (same operators, same roundings), up to float32 rounding.
+
+    Invertible backprop runs its forward walk without autograd and recomputes each coupling's
+    shift and scale with autograd in the backward pass, to invert the coupling: the two must
+    agree, or the difference (bf16 rounding, ~4e-3 relative) shows up as reconstruction error.
+    """
+    token = _LOW_PRECISION_FAST_PATHS.set(False)
+    try:
+        yield
+    finally:
+        _LOW_PRECISION_FAST_PATHS.reset(token)
 
 
 @functools.cache
@@ -154,6 +181,44 @@ def _depthwise_shifted(x: Tensor, weight: Tensor, bias: Tensor | None, dilation:
     return y
 
 
+def _dilated_as_matmul(x: Tensor, weight: Tensor, bias: Tensor | None, dilation: int) -> Tensor:
+    """A dense "same" dilated convolution as one matrix product over the stacked taps.
+
+    bf16 CPU inference: oneDNN's bf16 convolution runs at 60-70% of its bf16 matmul speed for
+    dilations 1 and >= 16 (waveglow_256 shapes, one core); stacking the k shifted copies of the
+    input ([B, k·C, N], a small copy) and running one `pointwise_conv` product (oneDNN's bf16
+    matmul under autocast) is 15% faster over the 8 dilations of a WN stack.
+
+    Args:
+        x: [B, C, N].
+        weight: [O, C, k], k odd (tap κ reads x[t + (κ - (k-1)/2)·dilation], zeros outside).
+        bias: [O] or None.
+        dilation: tap spacing.
+
+    Returns:
+        [B, O, N] (bf16 under CPU autocast).
+    """
+    B, C, N = x.shape
+    k = weight.shape[2]
+    c = (k - 1) // 2
+    cols = x.new_empty(B, k, C, N)  # row κ·C + i holds x[i, t + (κ - c)·dilation]
+    for kappa in range(k):
+        o = (kappa - c) * dilation
+        dst = cols[:, kappa]
+        if o == 0:
+            dst.copy_(x)
+        elif abs(o) >= N:
+            dst.zero_()
+        elif o > 0:
+            dst[:, :, :N - o].copy_(x[:, :, o:])
+            dst[:, :, N - o:].zero_()
+        else:
+            dst[:, :, -o:].copy_(x[:, :, :N + o])
+            dst[:, :, :-o].zero_()
+    w = weight.to(x.dtype).permute(0, 2, 1).reshape(weight.shape[0], k * C, 1)
+    return pointwise_conv(cols.view(B, k * C, N), w, bias)
+
+
 class WNConv1d(nn.Module):
     """Weight-normed Conv1d: weight = weight_g · weight_v / ‖weight_v‖ (norm per output channel).
 
@@ -222,6 +287,10 @@ class WNConv1d(nn.Module):
                 and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
                 and not _in_dispatch_mode()):
             return _depthwise_shifted(x, w, bias, self.dilation)
+        if (self.groups == 1 and x.device.type == "cpu" and x.dtype == torch.bfloat16
+                and not torch.is_grad_enabled() and _LOW_PRECISION_FAST_PATHS.get()
+                and not _in_dispatch_mode()):
+            return _dilated_as_matmul(x, w, bias, self.dilation)
         return F.conv1d(x, w, bias, padding=self.padding, dilation=self.dilation,
                         groups=self.groups)
 
@@ -327,32 +396,33 @@ class WN(nn.Module):
         # fewer allocations per layer.
         inplace = not torch.is_grad_enabled()
         h = self.start(a)
-        if inplace:
-            # Inference: the conditioning projection's bias is folded into the dilated convs'
-            # biases (g = W_i h + b_i + V_i cond + d_i = W_i h + (b_i + d_i) + V_i cond), which
-            # saves broadcasting a [2·C·L] bias over the whole [B, 2·C·L, N] projection output
-            # (~5% of fp32 synthesis time). The 2·C-element sums are recomputed on every call
-            # from the current parameters, so they can never go stale; the state_dict is
-            # unchanged.
-            c_all = self.cond_layer.conv(cond, None)
-            cond_bias = self.cond_layer.bias
-        else:
-            c_all = self.cond_layer(cond)
+        # The conditioning projection's bias is folded into the dilated convs' biases
+        # (g = W_i h + b_i + V_i cond + d_i = W_i h + (b_i + d_i) + V_i cond): no [2·C·L] bias
+        # broadcast over the whole [B, 2·C·L, N] projection output (~5% of fp32 synthesis
+        # time). The sums are recomputed on every call from the current parameters (never
+        # stale; the state_dict is unchanged). The training path does the same, so that with
+        # autograd on and off the outputs are computed alike: invertible backprop inverts
+        # with the conditioner's autograd-on output what was computed with it off, and under
+        # autocast a different rounding of the biases would show as reconstruction error.
+        c_all = self.cond_layer.conv(cond, None)
+        cond_bias = self.cond_layer.bias
         skip: Tensor | None = None
         for i, (in_layer, res_skip) in enumerate(zip(self.in_layers, self.res_skip_layers)):
             rows = slice(2 * C * i, 2 * C * (i + 1))
-            if inplace:
-                g = in_layer.conv(h, in_layer.out_bias + cond_bias[rows])
-            else:
-                g = in_layer(h)
+            g = in_layer.conv(h, in_layer.out_bias + cond_bias[rows])
             g = g.add_(c_all[:, rows])
-            if inplace and g.device.type == "cpu" and g.dtype == torch.float32:
-                # tanh(u) = 2·sigmoid(2u) - 1: in fp32 on the CPU the vectorized sigmoid is ~10x
-                # faster than tanh, which made the gate a visible share of synthesis time. Only
-                # there: on CUDA tanh is as fast, and in bf16/fp16 the identity loses accuracy
-                # (4.6e-3 vs 1.8e-3 max error in bf16).
-                gate = torch.sigmoid_(g[:, C:])
-                acts = torch.sigmoid_(g[:, :C].mul_(2.0)).mul_(2.0).sub_(1.0).mul_(gate)
+            if inplace and g.device.type == "cpu" and (
+                    g.dtype == torch.float32 or g.dtype == torch.bfloat16 and _LOW_PRECISION_FAST_PATHS.get()):
+                # tanh(u) = 2·sigmoid(2u) - 1, in float32: on the CPU the vectorized fp32
+                # sigmoid is ~10x faster than tanh, which made the gate a visible share of
+                # synthesis time. A bf16 gate (CPU autocast) is computed this way in float32
+                # too: faster than bf16 tanh·sigmoid (1.5 vs 2.1 ms per 512 × 2752 layer, one
+                # core) and more accurate (only the final rounding to bf16: 2.0e-3 max error
+                # vs 5.3e-3). Not on CUDA (tanh is as fast) nor in fp16, and never with the
+                # identity evaluated in bf16/fp16 itself (4.6e-3 vs 1.8e-3 max error in bf16).
+                u = g if g.dtype == torch.float32 else g.float()
+                gate = torch.sigmoid_(u[:, C:])
+                acts = torch.sigmoid_(u[:, :C].mul_(2.0)).mul_(2.0).sub_(1.0).mul_(gate).to(g.dtype)
             else:
                 acts = torch.tanh(g[:, :C]) * torch.sigmoid(g[:, C:])
             rs = res_skip(acts)

@@ -68,9 +68,15 @@ from waveglow.flows import (
     Invertible1x1Conv,
     Squeeze,
     Unsqueeze,
+    record_stats,
     state_dtype,
+    walk_recomputed,
 )
 from waveglow.runtime import exact_fp32
+
+# How the training backward pass gets each flow step's activations: stored by the forward
+# pass (standard) or rebuilt from the step's output (invertible; see `walk_recomputed`).
+MEMORY_MODES = ("standard", "invertible")
 
 
 def resolve_model_config(model_cfg: ModelConfig | Mapping[str, Any]) -> dict[str, Any]:
@@ -354,7 +360,7 @@ class WaveGlow(nn.Module):
         var = self.sigma**2
         return -0.5 * z.pow(2).sum(dim=1) / var - 0.5 * z.shape[1] * math.log(2 * math.pi * var)
 
-    def forward(self, audio: Tensor, mel: Tensor, return_stats: bool = False
+    def forward(self, audio: Tensor, mel: Tensor, return_stats: bool = False, memory: str = "standard"
                 ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
         """log p(audio | mel) in nats per batch item (wrappers such as DDP call this).
 
@@ -362,14 +368,23 @@ class WaveGlow(nn.Module):
             audio: [B, T] waveform, T a multiple of n_group.
             mel: [B, n_mels, F] raw log-mel with F >= ceil(T / hop).
             return_stats: also return the per-flow monitoring terms.
+            memory: "standard" (the backward pass uses the activations the forward stored) or
+                "invertible" (it rebuilds each flow step's input from its output: activation
+                memory of one step instead of all K; same value and gradients up to rounding,
+                about one more conditioner pass of compute).
 
         Returns:
             log_prob [B] (float32; float64 for a float64 model), and with `return_stats` the
             dict of `forward_with_stats`.
+
+        Raises:
+            UserError: bad shapes, or an unknown `memory`.
         """
+        if memory not in MEMORY_MODES:
+            raise UserError(f"memory={memory}: expected one of {', '.join(MEMORY_MODES)}")
         self._check_pair(audio, mel, "WaveGlow.log_prob")
         with self._exact():
-            return self._log_prob(audio, mel, return_stats)
+            return self._log_prob(audio, mel, return_stats, memory)
 
     def _exact(self) -> contextlib.AbstractContextManager:
         """No TF32 anywhere when autograd is off (validation, scoring, encode/decode, synthesis);
@@ -377,30 +392,31 @@ class WaveGlow(nn.Module):
         device = self.mel_std.device
         return exact_fp32(device) if not torch.is_grad_enabled() else contextlib.nullcontext()
 
-    def _log_prob(self, audio: Tensor, mel: Tensor, return_stats: bool
+    def _log_prob(self, audio: Tensor, mel: Tensor, return_stats: bool, memory: str = "standard"
                   ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
         T = audio.shape[1]
         cond = self.condition(mel, T)
         x = audio.to(self._dtype())
-        total = x.new_zeros(audio.shape[0])
         stats: dict[str, Tensor] = {}
-        for part in self.flows.values():
-            x, logdet = part(x, cond)
-            total = total + logdet
-            if return_stats and part.stat_key is not None:
-                prefix = f"flow_{part.flow_index}/"
-                stats[prefix + part.stat_key] = logdet.detach().mean() / T
-                for key, value in part.extra_stats().items():
-                    stats[prefix + key] = value
+        if memory == "invertible" and torch.is_grad_enabled():
+            x, total = walk_recomputed(self.parts(), x, cond, stats if return_stats else None, T)
+        else:
+            total = x.new_zeros(audio.shape[0])
+            for part in self.flows.values():
+                x, logdet = part(x, cond)
+                total = total + logdet
+                if return_stats:
+                    record_stats(stats, part, logdet, T)
         log_prob = total + self._gaussian_log_density(x)
         return (log_prob, stats) if return_stats else log_prob
 
-    def log_prob(self, audio: Tensor, mel: Tensor) -> Tensor:
+    def log_prob(self, audio: Tensor, mel: Tensor, memory: str = "standard") -> Tensor:
         """log p(audio | mel) [B] in nats, Gaussian constant included (float32).
 
-        `-log_prob / T` is the negative log-likelihood per audio sample that training minimizes.
+        `-log_prob / T` is the negative log-likelihood per audio sample that training minimizes;
+        `memory` as in `forward`.
         """
-        return self(audio, mel)
+        return self(audio, mel, memory=memory)
 
     def forward_with_stats(self, audio: Tensor, mel: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """log_prob [B] plus per-flow terms (detached scalars):

@@ -22,6 +22,7 @@ import yaml
 
 from waveglow.bench.cost import count_macs
 from waveglow.bench.memory import PeakMemory
+from waveglow.bench.onnx_case import bench_onnxruntime
 from waveglow.bench.report import empty_row, fill_peak, fill_speed
 from waveglow.bench.timing import CLOCKS, measure_machine_peak, time_runs
 from waveglow.checkpoint import build_model, load_model
@@ -30,12 +31,16 @@ from waveglow.data.audio import load_audio
 from waveglow.errors import UserError
 from waveglow.inference.synthesizer import Synthesizer
 from waveglow.mel import MelSpectrogram
+from waveglow.model import MEMORY_MODES
 from waveglow.runtime import PRECISIONS, autocast, resolve_device, resolve_precision
+from waveglow.train.numerics import NumericsState
+from waveglow.train.numerics import configure as configure_numerics
 from waveglow.train.step import Stepper
 
 TASKS = ("synthesis", "train", "preprocess")
-# The train case runs the trainer's step with the trainer's default clipping.
-GRAD_CLIP = TrainConfig.grad_clip
+# The train case runs the trainer's step with the trainer's default clipping and numerics.
+TRAIN_DEFAULTS = TrainConfig()
+GRAD_CLIP = TRAIN_DEFAULTS.grad_clip
 
 
 @dataclass
@@ -67,6 +72,7 @@ class Case:
     snr: bool = True  # synthesis in bf16/fp16: SNR of the output against fp32 with the same z
     engine: str = "model"  # synthesis through `model.infer` or `Synthesizer.from_mel`
     clock: str = "wall"  # "wall" or "cpu" (process CPU time; see `time_runs`)
+    memory: str = "standard"  # train: backprop memory mode (`WaveGlow.forward`'s `memory`)
 
 
 # ------------------------------------------------------------------------------ the model
@@ -194,6 +200,8 @@ def bench_synthesis(case: Case, peak: Mapping[str, float] | None) -> dict[str, A
     row["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
     frames = max(1, round(case.seconds * sr / hop))
     mel = _random_mel(case.batch, audio.n_mels, frames, case.seed).to(device)
+    if case.engine == "onnxruntime":
+        return bench_onnxruntime(case, peak, model, row, mel)
     gen_device = device if device.type == "cuda" else torch.device("cpu")
 
     if case.engine == "synthesizer":
@@ -230,14 +238,17 @@ def bench_synthesis(case: Case, peak: Mapping[str, float] | None) -> dict[str, A
 
 def bench_train(case: Case, peak: Mapping[str, float] | None) -> dict[str, Any]:
     """Time the trainer's own step (`waveglow.train.step.Stepper`: -log_prob / T, backward,
-    gradient clipping, the non-finite check, Adam) on batch × segment_length audio."""
+    gradient clipping, the non-finite check, Adam) on batch × segment_length audio, with the
+    backprop memory mode `case.memory`, under the trainer's numerics
+    (`waveglow.train.numerics.configure` with the default train settings: on CUDA TF32 for
+    the conditioner's convs and cuDNN autotuning)."""
     device = resolve_device(case.device)
     amp_dtype = resolve_precision(case.precision, device)
     model, model_cfg, audio, weights = resolve_model(case.model, from_dict(AudioConfig, case.audio),
                                                      case.config_dir)
     sr, hop = audio.sampling_rate, audio.hop_length
     row = _base_row(case)
-    row["weights"] = weights
+    row.update(weights=weights, memory=case.memory)
     row["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
     model.to(device).train()
     length = case.segment_length - case.segment_length % model_cfg.n_group
@@ -247,11 +258,18 @@ def bench_train(case: Case, peak: Mapping[str, float] | None) -> dict[str, Any]:
     optimizer = torch.optim.Adam(model.parameters(), lr=case.lr)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     stepper = Stepper(model, optimizer, device=device, amp_dtype=amp_dtype, grad_clip=GRAD_CLIP,
-                      scaler=scaler)
+                      scaler=scaler, memory=case.memory)
 
-    with PeakMemory(device) as mem:
-        times = time_runs(lambda: stepper(audio_batch, mel, case.lr), case.repeats, case.warmup,
-                          device, case.clock)
+    # The trainer's process-wide settings (cuDNN autotuning, TF32 for the conditioner's
+    # training convs on CUDA), put back afterwards.
+    numerics = NumericsState.capture()
+    configure_numerics(TRAIN_DEFAULTS, device)
+    try:
+        with PeakMemory(device) as mem:
+            times = time_runs(lambda: stepper(audio_batch, mel, case.lr), case.repeats, case.warmup,
+                              device, case.clock)
+    finally:
+        numerics.restore()
     row["peak_mem_mib"] = mem.peak_mib
     parts = count_macs(model_cfg, audio.n_mels, hop, sr)
     # Backward costs two passes' worth (gradients w.r.t. inputs and weights), except for the
@@ -369,11 +387,13 @@ def as_list(value: Any) -> list:
 
 def plan_cases(models: Sequence[str], tasks: Sequence[str], precisions: Sequence[str],
                seconds: Sequence[float], batches: Sequence[int | None] | None, device: str,
-               warmup: int | None = None, **common: Any) -> Iterator[Case]:
+               warmup: int | None = None, memories: Sequence[str] = ("standard",),
+               **common: Any) -> Iterator[Case]:
     """The cross product of the requested settings, in the order the table shows them.
 
     Preprocessing does not depend on the model or the precision: it runs once (fp32, first
-    model's audio settings). Training ignores `seconds` (it uses the training segment length).
+    model's audio settings). Training ignores `seconds` (it uses the training segment length)
+    and runs once per backprop memory mode in `memories`; the other tasks ignore `memories`.
     Empty or None `batches` means the per-task default: 1 for synthesis, 2 for training; `warmup`
     None means 1 untimed step for training (a step of a large model takes seconds) and 2 else.
     `common`: the other `Case` fields, the same for every case.
@@ -384,6 +404,9 @@ def plan_cases(models: Sequence[str], tasks: Sequence[str], precisions: Sequence
     for precision in precisions:
         if precision not in PRECISIONS:
             raise UserError(f"precision={precision}: expected {', '.join(PRECISIONS)}")
+    for memory in memories:
+        if memory not in MEMORY_MODES:
+            raise UserError(f"memory={memory}: expected a list drawn from {', '.join(MEMORY_MODES)}")
     batches = [b for b in batches or () if b is not None]
     for task in tasks:
         common["warmup"] = warmup if warmup is not None else (1 if task == "train" else 2)
@@ -395,8 +418,9 @@ def plan_cases(models: Sequence[str], tasks: Sequence[str], precisions: Sequence
             for precision in precisions:
                 for batch in batches or [2 if task == "train" else 1]:
                     if task == "train":
-                        yield Case(task=task, model=model, device=device, precision=precision,
-                                   batch=int(batch), seconds=0.0, **common)
+                        for memory in memories or ["standard"]:
+                            yield Case(task=task, model=model, device=device, precision=precision,
+                                       batch=int(batch), seconds=0.0, memory=memory, **common)
                         continue
                     for sec in seconds:
                         yield Case(task=task, model=model, device=device, precision=precision,

@@ -15,7 +15,7 @@ import torch
 
 # Keys every result line carries (null where a figure does not apply).
 RESULT_KEYS = (
-    "task", "model", "device", "precision", "batch", "audio_seconds", "khz", "rtf",
+    "task", "model", "device", "precision", "memory", "batch", "audio_seconds", "khz", "rtf",
     "samples_per_sec", "median_s", "min_s", "repeats", "warmup", "peak_mem_mib",
     "gmac_per_audio_second", "achieved_gmacs", "machine_matmul_gmacs", "machine_conv_gmacs",
     "machine_peak_gmacs", "pct_of_peak", "pct_of_conv_peak", "params_m", "threads",
@@ -58,6 +58,10 @@ def fill_peak(row: dict[str, Any], peak: Mapping[str, float] | None) -> None:
         row["pct_of_conv_peak"] = 100.0 * row["achieved_gmacs"] / peak["conv_gmacs"]
 
 
+# The table's first N_LEFT columns (the case's identity) are left-aligned, the figures right.
+N_LEFT = 6
+
+
 def _fmt(value: Any, digits: int = 1) -> str:
     if value is None:
         return "-"
@@ -71,8 +75,8 @@ def _fmt(value: Any, digits: int = 1) -> str:
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """A fixed-width table of result rows (one line per case)."""
     cols = [
-        ("task", "task", 0), ("model", "model", 0), ("dev", "device", 0), ("prec", "precision", 0),
-        ("B", "batch", 0), ("audio s", "audio_seconds", 2), ("kHz", "khz", 2), ("RTF", "rtf", 3),
+        ("task", "task", 0), ("model", "model", 0), ("engine", "engine", 0), ("dev", "device", 0),
+        ("prec", "precision", 0), ("memory", "memory", 0), ("B", "batch", 0), ("audio s", "audio_seconds", 2), ("kHz", "khz", 2), ("RTF", "rtf", 3),
         ("median s", "median_s", 3), ("min s", "min_s", 3), ("peak MiB", "peak_mem_mib", 0),
         ("GMAC/audio s", "gmac_per_audio_second", 2), ("GMAC/s", "achieved_gmacs", 1),
         ("peak GMAC/s", "machine_peak_gmacs", 1), ("% peak", "pct_of_peak", 1),
@@ -81,13 +85,13 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     cells = [[h for h, _, _ in cols]]
     for row in rows:
         if row.get("error"):
-            cells.append([_fmt(row.get(k), d) for _, k, d in cols[:5]] + [f"ERROR: {row['error']}"])
+            cells.append([_fmt(row.get(k), d) for _, k, d in cols[:N_LEFT + 1]] + [f"ERROR: {row['error']}"])
             continue
         cells.append([_fmt(row.get(k), d) for _, k, d in cols])
     widths = [max(len(r[i]) for r in cells if i < len(r)) for i in range(len(cols))]
     lines = []
     for r in cells:
-        lines.append("  ".join(c.rjust(widths[i]) if i >= 4 else c.ljust(widths[i])
+        lines.append("  ".join(c.rjust(widths[i]) if i >= N_LEFT else c.ljust(widths[i])
                                for i, c in enumerate(r)).rstrip())
         if len(lines) == 1:
             lines.append("-" * len(lines[0]))

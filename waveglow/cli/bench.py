@@ -5,6 +5,7 @@ One JSON line per case goes to stdout (pipe it to a file or `jq`), the table to 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
@@ -20,10 +21,12 @@ SCRIPT = Script(
     summary="Measure speed: synthesis in kHz and real-time factor, a training step in samples/s and "
             "peak memory in MiB, mel extraction; each with the share of this machine's measured peak. "
             "One JSON line per case on stdout, a table on stderr. See docs/performance.md.",
-    usage="[model=<config name | checkpoint>,...] [tasks=synthesis,train,preprocess] [precision=fp32,bf16]",
+    usage="[model=<config name | checkpoint>,...] [tasks=synthesis,train,preprocess] [precision=fp32,bf16] "
+          "[memory=standard,invertible]",
     examples=("waveglow-bench",
               "waveglow-bench model=waveglow_256 precision=bf16 seconds=1,5 tasks=synthesis",
-              "waveglow-bench model=run/checkpoints/best.pt device=cuda precision=fp16 batch=8"),
+              "waveglow-bench model=run/checkpoints/best.pt device=cuda precision=fp16 batch=8",
+              "waveglow-bench model=waveglow_256 tasks=train memory=standard,invertible"),
 )
 
 # `model=` names a config under configs/model/ OR a checkpoint path, possibly several. Hydra
@@ -31,7 +34,7 @@ SCRIPT = Script(
 # several names, so the command line's `model=` is passed on as the plain list `models=`.
 # The list keys take `key=a,b` (Hydra would read a sweep) and `key=a` (one item): both become
 # `key=[...]`.
-LIST_KEYS = ("models", "precision", "tasks", "seconds", "batch")
+LIST_KEYS = ("models", "precision", "tasks", "seconds", "batch", "memory")
 _LIST_ARG = re.compile(rf"^({'|'.join(LIST_KEYS)})=([^\[\]'\"]+)$")
 
 
@@ -53,14 +56,16 @@ def _bench(cfg: BenchApp) -> None:
     common = dict(
         repeats=cfg.repeats, threads=cfg.threads, sigma=cfg.sigma, seed=cfg.seed,
         audio=to_dict(cfg.audio), segment_length=cfg.segment_length, lr=cfg.lr, corpus=cfg.corpus,
-        peak=to_dict(cfg.peak), snr=cfg.snr, engine=cfg.engine,
+        peak=to_dict(cfg.peak), snr=cfg.snr, engine="model" if cfg.engine == "onnxruntime" else cfg.engine,
         clock=cfg.clock,
     )
     cases = list(bench.plan_cases(
         models=list(cfg.models), tasks=list(cfg.tasks), precisions=list(cfg.precision),
         seconds=list(cfg.seconds), batches=cfg.batch,
-        device=cfg.device, warmup=cfg.warmup, **common,
+        device=cfg.device, warmup=cfg.warmup, memories=list(cfg.memory), **common,
     ))
+    if cfg.engine == "onnxruntime":
+        cases = with_onnx_rows(cases)
     bench.check_device(cfg.device, cfg.clock)
     for spec in {case.model for case in cases if case.task != "preprocess"}:
         bench.check_model_spec(spec)
@@ -68,7 +73,8 @@ def _bench(cfg: BenchApp) -> None:
     rows = []
     for i, case in enumerate(cases, 1):
         log.info(f"[{i}/{len(cases)}] {case.task} {case.model} {case.device} {case.precision} "
-                 f"batch {case.batch}" + (f" {case.seconds:g} s" if case.task == "synthesis" else ""))
+                 f"batch {case.batch}" + (f" {case.seconds:g} s" if case.task == "synthesis" else "")
+                 + (f" memory={case.memory}" if case.task == "train" else ""))
         row = bench.run_case_isolated(case) if cfg.isolate else _in_process(case)
         row = bench.json_safe(row)
         rows.append(row)
@@ -84,6 +90,20 @@ def _bench(cfg: BenchApp) -> None:
     if failed:
         log.error(f"{len(failed)} of {len(rows)} cases failed")
         sys.exit(1)
+
+
+def with_onnx_rows(cases: list[bench.Case]) -> list[bench.Case]:
+    """engine=onnxruntime: each fp32 synthesis case on the CPU is followed by the same case run
+    through the exported ONNX model, so eager and onnxruntime share one table."""
+    out = []
+    for case in cases:
+        out.append(case)
+        if case.task == "synthesis" and case.precision == "fp32" and case.device == "cpu":
+            out.append(dataclasses.replace(case, engine="onnxruntime"))
+    if not any(c.engine == "onnxruntime" for c in out):
+        raise UserError("engine=onnxruntime times the fp32 ONNX export on the CPU: add tasks=synthesis, "
+                        "precision=fp32 and device=cpu")
+    return out
 
 
 def _in_process(case: bench.Case) -> dict:
