@@ -49,7 +49,8 @@ def overrides(root: Path, run_dir: Path, *extra: str) -> list[str]:
         "data=demo", f"data.root={root}", "model=tiny", "model.upsample_kernel=256",
         "data.segment_length=4096", "train.batch_size=2", "train.log_every=1", "train.audio_every=0",
         "train.logdet_every=0", "train.val_segment_length=4096", "train.deterministic=true",
-        "train.threads=1", "train.checkpoint_every=2", "train.keep_checkpoints=2", "train.val_every=4",
+        "train.threads=1", "train.device=cpu", "train.checkpoint_every=2", "train.keep_checkpoints=2",
+        "train.val_every=4",
         f"run_dir={run_dir}", *extra,
     ]
 
@@ -96,8 +97,9 @@ class Run:
     halfway through its temp file.
     """
 
-    def __init__(self, args: list[str], slow_save: float | None = None, preexec_fn=None) -> None:
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    def __init__(self, args: list[str], slow_save: float | None = None, preexec_fn=None,
+                 env: dict[str, str] | None = None) -> None:
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
         command = ([sys.executable, str(SLOW_SAVE), str(slow_save)] if slow_save is not None
                    else [str(BIN / "waveglow-train")])
         self.proc = subprocess.Popen([*command, *args], stdout=subprocess.PIPE,

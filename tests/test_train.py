@@ -20,7 +20,7 @@ from waveglow.checkpoint import FORMAT_VERSION, build_model, load_model
 from waveglow.config import TrainConfig, to_dict
 from waveglow.data import load_stats
 from waveglow.errors import UserError
-from waveglow.runtime import resolve_precision
+from waveglow.runtime import resolve_loader_workers, resolve_precision
 from waveglow.train import TrainHooks, lr_at, train
 from waveglow.train.monitor import mel_comparison_image
 from waveglow.train.step import Stepper
@@ -36,8 +36,9 @@ def make_cfg(root: Path, run_dir: Path, *overrides: str):
         "data=demo", f"data.root={root}", "model=tiny", "model.upsample_kernel=256", "data.segment_length=4096",
         "train.batch_size=2", "train.log_every=1", "train.audio_every=0", "train.logdet_every=0",
         "train.val_every=1000", "train.checkpoint_every=1000", "train.val_segment_length=4096",
-        # One thread: identical results in and out of process, no thread oversubscription.
-        "train.threads=1",
+        # One thread: identical results in and out of process, no thread oversubscription. The
+        # CPU also on a GPU host (the cuda tests below ask for CUDA themselves).
+        "train.threads=1", "train.device=cpu",
         f"run_dir={run_dir}",
     ]
     return compose("waveglow_train", *base, *overrides)
@@ -72,6 +73,15 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
+def layout_of(acc):
+    """The custom-scalars layout stored in a run's events."""
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    content = acc.PluginTagToContent("custom_scalars")
+    tensor = acc.Tensors(next(iter(content)))[-1].tensor_proto
+    return layout_pb2.Layout.FromString(tensor.string_val[0])
+
+
 # --------------------------------------------------------------------------- learning + files
 def test_learns_and_writes_every_tag_and_file(corpus, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -102,6 +112,17 @@ def test_learns_and_writes_every_tag_and_file(corpus, tmp_path):
         for part in ("log_s", "W", "W_cond"):
             assert f"logdet/flow_{k}/{part}" in tags["scalars"]
     assert "audio/val_0" in tags["audio"] and "mel/val_0" in tags["images"]
+    assert {"audio/val_0_target", "audio/val_0_griffinlim"} <= set(tags["audio"])
+    # The quality report at every audio_every step, beside its Griffin-Lim reference line.
+    for tag in ("val/mel_l1", "val/mr_stft", "val/mel_l1_griffinlim", "val/mr_stft_griffinlim"):
+        assert [step for step, _ in values[tag]] == [0, 36], tag
+        assert all(0 < v < 100 for _, v in values[tag]), tag
+    assert values["val/mel_l1_griffinlim"][0][1] == values["val/mel_l1_griffinlim"][1][1]  # computed once
+    assert values["val/mel_l1"][0][1] != values["val/mel_l1"][1][1]
+    layout = layout_of(acc)
+    assert [c.title for c in layout.category][:3] == [
+        "1 likelihood", "2 quality of resynthesized val clips (lower is better)", "3 log-determinants per flow"]
+    assert list(layout.category[0].chart[0].multiline.tag) == ["train/log_likelihood", "val/log_likelihood"]
     assert "_hparams_/experiment" in acc.PluginTagToContent("hparams")
     image = acc.Images("mel/val_0")[-1]
     assert image.height == 2 * 80 + 2 and image.width > 1
@@ -218,8 +239,10 @@ def hostile_corpus(tmp_path_factory, demo_root) -> Path:
 
 def test_fp16_on_silence_and_clipping_stays_finite(hostile_corpus, tmp_path):
     run = tmp_path / "run"
+    # Short segments: fp16 convolutions are slow on a CPU.
     result = train(make_cfg(hostile_corpus, run, "train.precision=fp16", "train.max_steps=8",
-                            "train.lr=1e-3", "train.val_every=4"))
+                            "train.lr=1e-3", "train.val_every=4", "data.segment_length=2048",
+                            "train.val_segment_length=2048"))
     values = scalars(run)
     assert all(math.isfinite(v) for _, v in values["train/nll"])
     assert all(math.isfinite(v) for _, v in values["val/log_likelihood"])
@@ -270,7 +293,7 @@ def test_precision_and_lr_schedule():
     assert lr_at(20, t, lr_mult=0.5) == pytest.approx(2.5e-5)
 
 
-def test_stepper_skips_a_non_finite_batch_and_steps_a_finite_one(tmp_path):
+def test_stepper_skips_a_non_finite_batch_and_steps_a_finite_one(tmp_path, single_thread):
     """The step the trainer and the benchmark share: a NaN batch leaves weights and Adam alone
     (and reports the per-flow terms), a finite one moves the weights at the given lr."""
     torch.manual_seed(0)
@@ -313,10 +336,102 @@ def test_mel_image_is_target_over_resynthesis():
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_fp16_training_smoke(corpus, tmp_path):
-    result = train(make_cfg(corpus, tmp_path / "run", "train.max_steps=4", "train.device=cuda",
-                            "train.precision=auto"))
-    state = load(tmp_path / "run/checkpoints/last.pt")
-    assert result.step == 4 and state["scaler"] is not None
-    assert all(torch.isfinite(v).all() for v in state["model"].values())
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_cuda_mixed_precision_applies_steps_and_learns(corpus, tmp_path, precision):
+    run = tmp_path / "run"
+    result = train(make_cfg(corpus, run, "train.max_steps=30", "train.device=cuda", f"train.precision={precision}",
+                            "train.lr=1e-3", "train.val_every=30", "train.checkpoint_every=30"))
+    assert result.step == 30
+    assert result.skipped_steps <= (4 if precision == "fp16" else 0)  # fp16: loss-scale calibration only
+    nll = [v for _, v in scalars(run)["train/nll"]]
+    assert all(math.isfinite(v) for v in nll) and np.mean(nll[-5:]) < np.mean(nll[:5]) - 0.05
+    lines = [json.loads(x)["val_log_likelihood"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1] > lines[0] + 0.02
+    first, last = load(run / "checkpoints/best.pt"), load(run / "checkpoints/last.pt")
+    assert (last["scaler"] is not None) == (precision == "fp16")
+    adam_steps = {int(s["step"]) for s in last["optimizer"]["state"].values()}
+    assert adam_steps == {30 - result.skipped_steps}  # every applied step reached Adam
+    assert all(torch.isfinite(v).all() for v in last["model"].values())
+    assert first["step"] in (0, 30)
+
+
+@pytest.mark.cuda
+def test_cuda_resume_continues_from_the_right_step(corpus, tmp_path):
+    extra = ["train.device=cuda", "train.precision=fp32", "train.deterministic=true", "train.checkpoint_every=3"]
+    train(make_cfg(corpus, tmp_path / "full", "train.max_steps=6", *extra))
+    assert train(make_cfg(corpus, tmp_path / "split", "train.max_steps=3", *extra)).step == 3
+    resumed = train(make_cfg(corpus, tmp_path / "split", "train.max_steps=6", *extra))
+    assert resumed.step == 6
+    a, b = load(tmp_path / "full/checkpoints/last.pt"), load(tmp_path / "split/checkpoints/last.pt")
+    assert b["step"] == 6 and b["sampler"]["position"] == a["sampler"]["position"]
+    assert {int(s["step"]) for s in b["optimizer"]["state"].values()} == {6}
+    assert [step for step, _ in scalars(tmp_path / "split")["train/nll"]] == list(range(1, 7))
+    for k, v in a["model"].items():
+        torch.testing.assert_close(b["model"][k], v, rtol=1e-5, atol=1e-7, msg=k)
+
+
+# --------------------------------------------------------------------------- beyond the reference
+def test_grad_accum_trains_like_the_whole_batch_and_resumes_bit_exactly(corpus, tmp_path):
+    """batch_size=2 × grad_accum=2 sees the examples of batch_size=4 in the same order: the same
+    first-step NLL (per sample) and nearly the same weights after 4 Adam steps; and a run with
+    micro-batches resumes to the bit."""
+    extra = ["train.deterministic=true", "train.checkpoint_every=2", "train.val_every=1000", "train.max_steps=4"]
+    accum = train(make_cfg(corpus, tmp_path / "accum", "train.batch_size=2", "train.grad_accum=2", *extra))
+    whole = train(make_cfg(corpus, tmp_path / "whole", "train.batch_size=4", *extra))
+    assert accum.step == whole.step == 4
+    nll_a, nll_w = (dict(scalars(tmp_path / name)["train/nll"]) for name in ("accum", "whole"))
+    assert nll_a[1] == pytest.approx(nll_w[1], rel=1e-6)
+    a, w = load(tmp_path / "accum/checkpoints/last.pt"), load(tmp_path / "whole/checkpoints/last.pt")
+    for k, v in w["model"].items():
+        torch.testing.assert_close(a["model"][k], v, rtol=1e-4, atol=1e-6, msg=k)
+    assert a["sampler"]["batch_size"] == 4
+    split = tmp_path / "split"
+    train(make_cfg(corpus, split, "train.batch_size=2", "train.grad_accum=2", *extra[:-1], "train.max_steps=2"))
+    train(make_cfg(corpus, split, "train.batch_size=2", "train.grad_accum=2", *extra))
+    assert_same_state(a, load(split / "checkpoints/last.pt"))
+
+
+def test_small_corpus_draws_clips_with_replacement(corpus_copy, tmp_path, caplog):
+    """3 training clips, a global batch of 4: it trains, with one warning, and the repeated clips
+    of a batch are different random crops. (Also: the DataLoader workers used are logged.)"""
+    root = corpus_copy(5)
+    batches = []
+    cfg = make_cfg(root, tmp_path / "run", "train.batch_size=4", "train.max_steps=3", "data.splits.n_val=1",
+                   "data.splits.n_test=1")
+    with caplog.at_level("INFO", logger="waveglow"):
+        result = train(cfg, TrainHooks(before_step=lambda trainer, batch: batches.append(batch["audio"].clone())))
+    assert result.step == 3
+    # data.loader_workers=auto (the default) and the value it gave are logged.
+    workers = resolve_loader_workers("auto", processes=1)
+    assert any(r.message.startswith(f"data loading: {workers} DataLoader worker(s) per process "
+                                    "(data.loader_workers=auto; ") for r in caplog.records)
+    warnings = [r.message for r in caplog.records if "with replacement" in r.message]
+    assert len(warnings) == 1 and "the train split has 3 clips, fewer than one global batch of 4" in warnings[0]
+    for audio in batches:
+        assert audio.shape == (4, 4096)
+        assert len({tuple(row[:64].tolist()) for row in audio}) == 4
+
+
+def test_fp16_recovery_restores_the_loss_scale(corpus, tmp_path):
+    """Non-finite losses leave the fp16 loss scale alone; the guard's reload of last.pt brings
+    back the scale saved with it (a scale shrunk by overflows would stall fp16 learning)."""
+    scales: dict[int, float] = {}
+
+    def poison(trainer, batch):
+        if trainer.state.step == 2:  # last.pt of step 2 is written; now the scale collapses
+            trainer.scaler.update(new_scale=2.0**-10)
+        if 2 <= trainer.state.step < 5:
+            batch["audio"][0, 100] = float("nan")
+
+    def record(trainer):
+        scales[trainer.state.step] = trainer.scaler.get_scale()
+
+    run = tmp_path / "run"
+    cfg = make_cfg(corpus, run, "train.precision=fp16", "train.max_steps=6", "train.checkpoint_every=2",
+                   "train.guard.max_bad_steps=3", "data.segment_length=2048", "train.val_segment_length=2048")
+    result = train(cfg, TrainHooks(before_step=poison, after_step=record))
+    assert result.recoveries == 1 and result.skipped_steps == 3
+    saved = load(run / "checkpoints/step_2.pt")["scaler"]["scale"]
+    assert saved >= 1.0
+    assert scales[3] == scales[4] == scales[5] == 2.0**-10  # NaN losses did not halve it further
+    assert scales[6] == saved  # the reload after step 5 restored it

@@ -1,5 +1,7 @@
-"""DistributedDataParallel on CPU: `torchrun --nproc_per_node=2 waveglow-train` (gloo) keeps the
-ranks identical and matches a single process with the same global batch."""
+"""DistributedDataParallel on CPU: `torchrun --nproc_per_node=2 waveglow-train` (gloo) builds a
+missing feature cache on rank 0 while rank 1 waits, keeps the ranks identical with gradient
+accumulation (DDP synchronizes on the last micro-batch), and matches a single process with the
+same global batch. The CPU only: no rank ever selects a GPU."""
 
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ def overrides(root: Path, run_dir: Path, *extra: str) -> list[str]:
     return [
         "data=demo", f"data.root={root}", "model=tiny", "model.upsample_kernel=256",
         "data.segment_length=4096", "train.log_every=1", "train.audio_every=0", "train.logdet_every=0",
-        "train.val_segment_length=4096", "train.deterministic=true", "train.threads=1",
+        "train.val_segment_length=4096", "train.deterministic=true", "train.threads=1", "train.device=cpu",
         "train.checkpoint_every=2", "train.val_every=2", "train.max_steps=4", f"run_dir={run_dir}", *extra,
     ]
 
@@ -46,14 +48,16 @@ def torchrun(nproc: int, args: list[str]) -> subprocess.CompletedProcess:
     return proc
 
 
-def test_two_gloo_ranks_stay_identical_and_match_one_process(corpus, tmp_path):
+def test_two_gloo_ranks_stay_identical_and_match_one_process(demo_root, tmp_path):
+    corpus = copy_demo_corpus(demo_root, tmp_path / "corpus")  # no feature cache yet
     ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
-    proc = torchrun(2, overrides(corpus, ddp_dir, "train.batch_size=1"))
+    proc = torchrun(2, overrides(corpus, ddp_dir, "train.batch_size=1", "train.grad_accum=2"))
     log = proc.stdout + proc.stderr
+    assert log.count("preprocessing the corpus") == 1  # rank 0 alone, before the others read it
     # Every rank ends with rank 0's parameters exactly (checked by the trainer at the end).
     assert "ranks in sync: max |parameter difference| over 2 processes = 0" in log
-    assert "× 2 processes, global batch 2 × 4096 samples" in log
-    train(compose("waveglow_train", *overrides(corpus, single_dir, "train.batch_size=2")))
+    assert "× 2 processes, global batch 4 (2 micro-batches of 1 per process) × 4096 samples" in log
+    train(compose("waveglow_train", *overrides(corpus, single_dir, "train.batch_size=4")))
 
     ddp = torch.load(ddp_dir / "checkpoints/last.pt", weights_only=True)
     single = torch.load(single_dir / "checkpoints/last.pt", weights_only=True)
@@ -66,7 +70,7 @@ def test_two_gloo_ranks_stay_identical_and_match_one_process(corpus, tmp_path):
     # Rank-specific RNG states and the sampler position of a 2-process run are saved.
     assert len(ddp["rng"]["per_rank"]) == 2
     assert not torch.equal(ddp["rng"]["per_rank"][0]["torch"], ddp["rng"]["per_rank"][1]["torch"])
-    assert ddp["sampler"]["world_size"] == 2 and ddp["sampler"]["batch_size"] == 1
+    assert ddp["sampler"]["world_size"] == 2 and ddp["sampler"]["batch_size"] == 2
     # Rank 0 alone writes: one event file, one metrics line per validation.
     assert len(list(ddp_dir.glob("events.out.tfevents.*"))) == 1
     assert len((ddp_dir / "metrics.jsonl").read_text().splitlines()) == 3  # steps 0, 2, 4

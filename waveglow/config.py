@@ -194,6 +194,8 @@ class TrainConfig:
     memory: str = setting("standard", "standard (store activations) | invertible (recompute each flow "
                           "step's input from its output in the backward pass: constant memory in K)",
                           choices=("standard", "invertible"))
+    progress_seconds: float = setting(30.0, "also a progress line after this many seconds without one "
+                                      "(0 = only every log_every steps; no effect on a terminal's bar)", min=0)
     guard: GuardConfig = setting(factory=GuardConfig, help="divergence guards")
 
 

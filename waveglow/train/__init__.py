@@ -7,6 +7,8 @@ and the loss is the mean over it.
 
 Run directory (`run_dir`, default `checkpoints/<data>-<model>-<YYYYmmdd-HHMMSS>`):
 
+    .train.lock            held (flock) by the run's rank 0 while it runs: a second run on the
+                           same directory is refused (see waveglow.train.lock)
     config.yaml            the resolved config of the latest start
     events.out.tfevents.*  TensorBoard (see waveglow.train.monitor for the tags)
     metrics.jsonl          one {"step": N, "val_log_likelihood": x} line per validation
@@ -20,10 +22,13 @@ deterministic mode (`train.deterministic=true`, CPU) a resumed run is bit-identi
 uninterrupted one. Interruptions: SIGTERM/SIGINT finish the current step, write last.pt and
 exit with 143/130; SIGKILL loses at most the steps since the last checkpoint (writes are atomic).
 
-Modules: `loop` (Trainer, train: the policy), `step` (one optimizer step, also timed by the
-benchmark), `checkpoints` (save, resume, fine-tuning start), `guard` (divergence),
-`distributed` (the process group), `sampling` (data order and per-example seeds),
-`validation`, `progress` (log lines, metrics.jsonl), `monitor` (TensorBoard), `state`.
+Modules: `loop` (Trainer, train: the policy), `step` (one optimizer step over its micro-batches,
+also timed by the benchmark), `checkpoints` (save, resume, fine-tuning start), `guard`
+(divergence), `distributed` (the process group), `lock` (one run per run directory),
+`numerics` (global flags, restored on close), `sampling` (data order and per-example seeds),
+`validation`, `quality` (resynthesis distances, Griffin-Lim reference), `progress` (log lines
+by steps and by time, the slow-CPU warning, metrics.jsonl), `monitor` (TensorBoard), `state`.
+See docs/training.md.
 """
 
 from waveglow.train.loop import Trainer, TrainHooks, train

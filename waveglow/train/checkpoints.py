@@ -43,7 +43,8 @@ class Checkpointer:
         state: the loop state (shared with the trainer, updated in place on resume).
         config: the resolved run config as plain dicts (stored in every checkpoint).
         train_cfg: the `train` settings (seed, Adam settings, keep_checkpoints).
-        batch_size: per-process batch (stored with the sampler position).
+        batch_size: per-process examples per step, micro-batches included (stored with the
+            sampler position).
         write: optional `write(f, state)` replacing torch.save (tests: a slow write to kill).
     """
 
@@ -108,7 +109,8 @@ class Checkpointer:
         state = self.build()
         error = ""
         if self.ctx.is_main:
-            if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            # One host sync for all parameters, not one per tensor.
+            if not bool(torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all()):
                 log.warning(f"step {self.state.step}: parameters are not finite; checkpoint not written")
                 names = []
             try:
@@ -153,7 +155,8 @@ class Checkpointer:
 
     # ---------------------------------------------------------------- reading
     def load_weights(self, path: Path) -> dict[str, Any]:
-        """Load model and optimizer state from `path` (this run's settings kept); returns the dict."""
+        """Load model, optimizer and fp16 loss-scaler state from `path` (this run's settings
+        kept); returns the dict. The guard's way back to a good state."""
         ckpt = load_checkpoint(path, map_location="cpu")
         self._load_weights(ckpt)
         return ckpt
@@ -161,6 +164,10 @@ class Checkpointer:
     def _load_weights(self, ckpt: Mapping[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scaler is not None and ckpt.get("scaler"):
+            # The scale too: a run of overflowing steps may have shrunk it far below the
+            # checkpoint's, and fp16 would then learn nothing after the reload.
+            self.scaler.load_state_dict(ckpt["scaler"])
         # Adam's settings come from this run's config, not from the loaded optimizer state.
         t = self.tcfg
         for group in self.optimizer.param_groups:
@@ -172,8 +179,6 @@ class Checkpointer:
         ckpt = load_checkpoint(path, map_location="cpu")
         self._check_same_model(ckpt["config"], path)
         self._load_weights(ckpt)
-        if self.scaler is not None and ckpt.get("scaler"):
-            self.scaler.load_state_dict(ckpt["scaler"])
         sched = ckpt.get("scheduler") or {}
         metrics = ckpt.get("metrics") or {}
         sampler = ckpt.get("sampler") or {}

@@ -3,6 +3,11 @@
 `DistContext` is the only place that talks to `torch.distributed`'s collectives for the
 trainer (the step's all-reduce lives in `waveglow.train.step`); with one process every
 collective is the identity, so callers never branch on the world size.
+
+Waiting for rank 0: work of unbounded length that rank 0 does alone (building the feature
+cache of a corpus) is waited for on a separate gloo group with a timeout that fits it
+(`PREPARE_TIMEOUT`), never inside an NCCL collective, whose watchdog would kill the job after
+10 minutes.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -23,6 +29,11 @@ from waveglow.train.state import TrainingError
 
 log = logging.getLogger("waveglow")
 
+# How long the other ranks wait for rank 0's one-off work (preprocessing a corpus: LJSpeech's
+# 24 hours of audio take minutes on a few cores; this leaves room for corpora 100x larger on a
+# slow disk) before they give up with an error.
+PREPARE_TIMEOUT = timedelta(hours=12)
+
 
 @dataclass
 class DistContext:
@@ -31,29 +42,47 @@ class DistContext:
     Attributes:
         world, rank, local_rank: from torchrun's environment (1, 0, 0 without torchrun).
         device: this rank's device (`cuda:<local_rank>` under torchrun on GPUs).
+        local_world: processes of this run on this machine (torchrun's LOCAL_WORLD_SIZE).
         owns_group: this context created the process group (and destroys it in `close`).
+        prepare_group: a gloo group with `PREPARE_TIMEOUT`, for waiting on rank 0's one-off work.
     """
 
     world: int
     rank: int
     local_rank: int
     device: torch.device
+    local_world: int = 1
     owns_group: bool = False
+    prepare_group: Any = None
 
     @classmethod
-    def from_env(cls, device_name: str) -> DistContext:
+    def from_env(cls, device_name: str, environ: dict[str, str] | None = None) -> DistContext:
         """Read torchrun's variables, pick the device, and join the process group (NCCL on CUDA,
-        gloo on CPU) when there is more than one process."""
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", "0"))
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        device = resolve_device(device_name, key="train.device", local_rank=local_rank)
+        gloo on CPU) when there is more than one process.
+
+        Args:
+            device_name: the `train.device` setting.
+            environ: the variables to read (default: this process's environment).
+
+        Raises:
+            UserError: a bad device setting, or a local rank without a GPU of its own.
+        """
+        env = os.environ if environ is None else environ
+        world = int(env.get("WORLD_SIZE", "1"))
+        rank = int(env.get("RANK", "0"))
+        local_rank = int(env.get("LOCAL_RANK", "0"))
+        local_world = int(env.get("LOCAL_WORLD_SIZE", str(world)))
+        # Under torchrun, `cuda`/`auto` mean cuda:<local_rank>; a local rank beyond the GPUs
+        # present is a one-line error, not a CUDA error at the first kernel.
+        device = resolve_device(device_name, key="train.device", local_rank=local_rank if world > 1 else None)
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        ctx = cls(world, rank, local_rank, device)
-        if ctx.distributed and not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-            ctx.owns_group = True
+        ctx = cls(world, rank, local_rank, device, local_world=local_world)
+        if ctx.distributed:
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+                ctx.owns_group = True
+            ctx.prepare_group = dist.new_group(backend="gloo", timeout=PREPARE_TIMEOUT)
         return ctx
 
     @property
@@ -89,7 +118,11 @@ class DistContext:
 
     def rank0_first(self, fn: Callable[[], Any], others: bool = True) -> Any:
         """Run `fn` on rank 0, then (if `others`) on the other ranks; a UserError on rank 0
-        stops every rank with the same message instead of leaving them waiting."""
+        stops every rank with the same message instead of leaving them waiting.
+
+        The other ranks wait on the gloo `prepare_group` (up to `PREPARE_TIMEOUT`), so `fn` may
+        take long (building a feature cache) without tripping a collective's timeout.
+        """
         result, error = None, ""
         if self.is_main:
             try:
@@ -98,12 +131,31 @@ class DistContext:
                 error = str(e)
                 if not self.distributed:
                     raise
-        error = self.broadcast_object(error)
+        if self.distributed:
+            box = [error]
+            dist.broadcast_object_list(box, src=0, group=self.prepare_group)
+            error = box[0]
         if error:
             raise UserError(error)
         if others and not self.is_main:
             result = fn()
         return result
+
+    def agree(self, what: str, value: Any) -> Any:
+        """Check that every rank holds the same `value`; returns it.
+
+        Args:
+            what: names the value in the error (e.g. "run_dir/checkpoints/last.pt exists").
+
+        Raises:
+            UserError: the ranks disagree (listing each rank's value).
+        """
+        values = self.gather_object(value)
+        if any(v != values[0] for v in values):
+            listed = ", ".join(f"rank {r}: {v}" for r, v in enumerate(values))
+            raise UserError(f"the {self.world} processes disagree on {what} ({listed}); the run directory "
+                            "must be on storage that every process sees (or hold the same files on every node)")
+        return value
 
     def barrier(self) -> None:
         if self.distributed:
@@ -139,6 +191,9 @@ class DistContext:
 
     def close(self) -> None:
         """Leave the process group if this context created it."""
+        if self.prepare_group is not None and dist.is_initialized():
+            dist.destroy_process_group(self.prepare_group)
+        self.prepare_group = None
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
             self.owns_group = False

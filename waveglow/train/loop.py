@@ -1,14 +1,13 @@
 """The training loop: `train(cfg)` builds a `Trainer` and runs it.
 
-`Trainer.setup` composes the parts (process group, data, model, optimizer, checkpoints,
-guard, validation); `Trainer._loop` is the policy: step, count, log, validate, checkpoint,
-stop on a signal.
+`Trainer.setup` composes the parts (process group, run-directory lock, data, model, optimizer,
+checkpoints, guard, validation); `Trainer._loop` is the policy: step, count, log, validate,
+checkpoint, stop on a signal.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 import threading
@@ -27,21 +26,18 @@ from waveglow.checkpoint import build_model
 from waveglow.config import TrainApp, to_dict
 from waveglow.errors import UserError
 from waveglow.fileio import write_text_atomic
-from waveglow.runtime import (
-    precision_name,
-    resolve_loader_workers,
-    resolve_precision,
-    seed_everything,
-    set_deterministic,
-)
+from waveglow.runtime import precision_name, resolve_precision, seed_everything
 from waveglow.train.checkpoints import Checkpointer, WriteFn
 from waveglow.train.distributed import DistContext
 from waveglow.train.guard import Guard
+from waveglow.train.lock import RunDirLock
 from waveglow.train.monitor import Monitor
-from waveglow.train.progress import Progress, truncate_metrics
+from waveglow.train.numerics import NumericsState, configure
+from waveglow.train.progress import Progress, SpeedCheck, truncate_metrics
 from waveglow.train.sampling import (
     ResumableDistributedSampler,
     load_datasets,
+    loader_workers,
     segment_multiple,
     train_loader,
     training_segment_length,
@@ -79,36 +75,43 @@ class Trainer:
         self.stop_signal: int | None = None
         self.state = LoopState()
         self.ctx: DistContext | None = None
-        self._saved_numerics = (torch.are_deterministic_algorithms_enabled(), torch.get_num_threads())
+        self._saved_numerics = NumericsState.capture()
         self.monitor = Monitor("", enabled=False)
+        self.lock: RunDirLock | None = None
 
     # ---------------------------------------------------------------- setup
     def setup(self) -> None:
-        """Process group, numerics, run dir, data, model, optimizer; then resume or initialize."""
+        """Process group, numerics, run dir and its lock, data, model, optimizer; then resume or
+        initialize; then the DDP wrapper (it broadcasts rank 0's resumed weights)."""
         t = self.tcfg
         self.ctx = ctx = DistContext.from_env(str(t.device))
         self.device, self.is_main, self.world = ctx.device, ctx.is_main, ctx.world
         self.amp_dtype = resolve_precision(str(t.precision), self.device, key="train.precision")
-        self.loader_workers = _configure_numerics(self.cfg, self.device)
+        configure(t, self.device)
+        self.loader_workers = loader_workers(self.cfg.data.loader_workers, deterministic=bool(t.deterministic),
+                                             processes=ctx.local_world, report=ctx.is_main)
         run_dir = self.cfg.run_dir or str(Path("checkpoints") / (
             f"{self.cfg.data.name}-{self.cfg.model.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"))
         # Every rank must use rank 0's directory (the timestamps of two ranks may differ).
         self.run_dir = Path(ctx.broadcast_object(str(run_dir)))
+        # Before anything else touches the run directory: one training process per run_dir.
+        self.lock = RunDirLock(self.run_dir)
+        ctx.rank0_first(self.lock.acquire, others=False)
         self.config = {**to_dict(self.cfg), "run_dir": str(self.run_dir)}  # what checkpoints store
         self._setup_data_and_model()
         self.optimizer = torch.optim.Adam(
             self.model.parameters(), lr=float(t.lr), betas=tuple(float(b) for b in t.betas),
             eps=float(t.eps), weight_decay=float(t.weight_decay))
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
-        self.stepper = Stepper(self.model, self.optimizer, device=self.device, amp_dtype=self.amp_dtype,
-                               grad_clip=float(t.grad_clip or 0), scaler=self.scaler, net=ctx.wrap(self.model),
-                               world=self.world)
         self.checkpoints = Checkpointer(
             self.run_dir / "checkpoints", ctx, model=self.model, optimizer=self.optimizer, scaler=self.scaler,
-            state=self.state, config=self.config, train_cfg=t, batch_size=self.batch_size,
+            state=self.state, config=self.config, train_cfg=t, batch_size=self.loader_batch,
             write=self.hooks.write_checkpoint)
         self.ckpt_dir = self.checkpoints.dir
         self._resume_or_init()
+        self.stepper = Stepper(self.model, self.optimizer, device=self.device, amp_dtype=self.amp_dtype,
+                               grad_clip=float(t.grad_clip or 0), scaler=self.scaler, net=ctx.wrap(self.model),
+                               world=self.world, grad_accum=self.grad_accum, memory=str(t.memory))
         self.guard = Guard(self.state, t, self.checkpoints, ctx, self.monitor)
 
     def _setup_data_and_model(self) -> None:
@@ -118,25 +121,35 @@ class Trainer:
         self.model = build_model(self.config).to(self.device)
         self.multiple = segment_multiple(self.model)
         self.segment_length = training_segment_length(int(self.cfg.data.segment_length), self.multiple)
-        # Rank 0 builds any missing feature cache (and the splits) first; the others then read it.
+        # Rank 0 builds any missing feature cache (and the splits) first, while the others wait
+        # on a group whose timeout fits preprocessing; then they read it.
         self.mel_stats, train_set, val_set = self.ctx.rank0_first(lambda: load_datasets(
             self.cfg, self.segment_length, self.multiple, progress=self.is_main and sys.stderr.isatty()))
         self.batch_size = int(self.tcfg.batch_size)
-        self.global_batch = self.batch_size * self.world
-        if len(train_set) < self.global_batch:
-            raise UserError(f"data: the train split has {len(train_set)} clips, fewer than one global batch "
-                            f"(train.batch_size={self.batch_size} × {self.world} processes)")
-        self.sampler = ResumableDistributedSampler(len(train_set), self.world, self.ctx.rank, seed)
-        self.batches_per_epoch = len(self.sampler) // self.batch_size
-        self.loader = train_loader(train_set, self.sampler, self.batch_size, workers=self.loader_workers,
+        self.grad_accum = int(self.tcfg.grad_accum)
+        self.global_batch = self.batch_size * self.grad_accum * self.world
+        if len(train_set) == 0:
+            raise UserError(f"data.root={self.cfg.data.root}: the train split has no usable clips")
+        self.sampler = ResumableDistributedSampler(len(train_set), self.world, self.ctx.rank, seed,
+                                                   global_batch=self.global_batch)
+        if self.sampler.replacement and self.is_main:
+            log.warning(f"data: the train split has {len(train_set)} clips, fewer than one global batch of "
+                        f"{self.global_batch}; clips are drawn with replacement (each segment is a random crop)")
+        # One loader batch is one optimizer step: batch_size × grad_accum examples per process.
+        self.loader_batch = self.batch_size * self.grad_accum
+        self.batches_per_epoch = len(self.sampler) // self.loader_batch
+        self.loader = train_loader(train_set, self.sampler, self.loader_batch, workers=self.loader_workers,
                                    seed=seed, pin_memory=self.device.type == "cuda")
         self.validator = Validator(self.model, val_set, self.ctx, self.cfg, self.batch_size, self.multiple)
 
     def _resume_or_init(self) -> None:
         self.ctx.rank0_first(self.checkpoints.prepare_dir, others=False)
-        self.resumed = self.checkpoints.last.is_file()
+        # Decided by rank 0, and every rank must see the same: a rank that would start afresh
+        # while rank 0 resumes (run_dir not on shared storage) stops the run with an error.
+        self.resumed = self.ctx.agree(f"whether {self.checkpoints.last} exists", self.checkpoints.last.is_file())
         if self.resumed:
             self.checkpoints.resume(self.checkpoints.last, self.batches_per_epoch)
+            self.ctx.agree(f"the step stored in {self.checkpoints.last}", self.state.step)
         else:
             if self.tcfg.init_from:
                 self.checkpoints.init_from(Path(str(self.tcfg.init_from)))
@@ -154,6 +167,7 @@ class Trainer:
         # On resume, TensorBoard hides what the interrupted process logged after last.pt's step.
         self.monitor = Monitor(self.run_dir, enabled=self.is_main,
                                purge_step=self.state.step + 1 if self.resumed else None)
+        self.monitor.layout()
 
     # ---------------------------------------------------------------- the parts the loop calls
     def train_step(self, batch: dict[str, Tensor], with_stats: bool) -> StepResult:
@@ -199,13 +213,19 @@ class Trainer:
         logdet_every, audio_every = int(t.logdet_every or 0), int(t.audio_every or 0)
         if not self.resumed:
             # "Before" numbers, and a first last.pt: the guard always has something to reload.
+            if self.is_main:
+                log.info(f"step 0: validation log-likelihood of {len(self.validator.val_set)} val clip(s) "
+                         "before training")
             self.validate()
             if audio_every:
                 self.log_audio()
             self.save(["last.pt", "best.pt"])
         self.saved_step = s.step
         progress = Progress(self.monitor, is_main=self.is_main, start_step=s.step, max_steps=max_steps,
-                            sampling_rate=float(self.cfg.audio.sampling_rate))
+                            sampling_rate=float(self.cfg.audio.sampling_rate),
+                            interval_s=float(t.progress_seconds))
+        speed = SpeedCheck(enabled=self.is_main and self.cpu_fallback, start_step=s.step, max_steps=max_steps,
+                           n_params=sum(p.numel() for p in self.model.parameters()))
         self._iterator: Iterator[Any] | None = None
         while s.step < max_steps:
             batch = self._next_batch()
@@ -214,7 +234,9 @@ class Trainer:
             t0 = time.perf_counter()
             out = self.train_step(batch, with_stats=bool(logdet_every) and (s.step + 1) % logdet_every == 0)
             self._advance()
-            progress.add(out, time.perf_counter() - t0, self.global_batch * self.segment_length)
+            seconds = time.perf_counter() - t0
+            progress.add(out, seconds, self.global_batch * self.segment_length)
+            speed.after_step(s.step, seconds)
             self.guard.after_step(out)
             if out.stats:
                 self.monitor.logdets(s.step, out.stats)
@@ -247,7 +269,7 @@ class Trainer:
         while True:
             if self._iterator is None:
                 self.sampler.set_epoch(s.epoch)
-                self.sampler.set_start(s.position * self.batch_size)
+                self.sampler.set_start(s.position * self.loader_batch)
                 self._iterator = iter(self.loader)
             try:
                 return next(self._iterator)
@@ -286,17 +308,28 @@ class Trainer:
                      f"checkpoints in {self.ckpt_dir}")
         return s.result(self.run_dir, 0)
 
+    @property
+    def cpu_fallback(self) -> bool:
+        """`train.device=auto` found no CUDA device and runs on the CPU."""
+        return str(self.tcfg.device) == "auto" and self.device.type == "cpu"
+
     def _log_start(self) -> None:
         s, cfg, precision = self.state, self.cfg, precision_name(self.amp_dtype)
         n_params = sum(p.numel() for p in self.model.parameters())
+        where = f"{precision} on {self.device}" + (" (train.device=auto: no CUDA GPU found)"
+                                                   if self.cpu_fallback else "")
+        batch = (f"global batch {self.global_batch}"
+                 + (f" ({self.grad_accum} micro-batches of {self.batch_size} per process)" if self.grad_accum > 1
+                    else "") + f" × {self.segment_length} samples")
         log.info(f"run {self.run_dir}: model {cfg.model.name} ({n_params / 1e6:.2f}M parameters), "
-                 f"data {cfg.data.name}, {precision} on {self.device}"
+                 f"data {cfg.data.name}, {where}"
                  + (f" × {self.world} processes" if self.ctx.distributed else "")
-                 + f", global batch {self.global_batch} × {self.segment_length} samples")
+                 + f", {batch}" + (f", train.memory={self.tcfg.memory}" if self.tcfg.memory != "standard" else ""))
         if not self.resumed:
             self.monitor.hparams(
                 {"model": cfg.model.name, "data": cfg.data.name, "precision": precision,
-                 "world_size": self.world, "global_batch": self.global_batch,
+                 "world_size": self.world, "global_batch": self.global_batch, "grad_accum": self.grad_accum,
+                 "memory": str(self.tcfg.memory),
                  "segment_length": self.segment_length, "lr": float(self.tcfg.lr),
                  "seed": int(self.tcfg.seed), "grad_clip": float(self.tcfg.grad_clip or 0),
                  "warmup_steps": int(self.tcfg.warmup_steps or 0)},
@@ -306,14 +339,14 @@ class Trainer:
                      f"(step {s.best_step})")
 
     def close(self) -> None:
-        """Undo process-wide settings (deterministic mode, threads) and the process group."""
-        det, threads = self._saved_numerics
-        if torch.are_deterministic_algorithms_enabled() != det:
-            set_deterministic(det)
-        torch.set_num_threads(threads)
+        """Undo process-wide settings (deterministic mode, threads, cuDNN and TF32 flags), leave
+        the process group, release the run directory."""
+        self._saved_numerics.restore()
         self.monitor.close()
         if self.ctx is not None:
             self.ctx.close()
+        if self.lock is not None:
+            self.lock.release()
 
 
 def _install_stop_handlers(trainer: Trainer) -> dict[int, Any]:
@@ -332,28 +365,6 @@ def _install_stop_handlers(trainer: Trainer) -> dict[int, Any]:
     for signum in (signal.SIGTERM, signal.SIGINT):
         handlers[signum] = signal.signal(signum, on_signal)
     return handlers
-
-
-def _configure_numerics(cfg: TrainApp, device: torch.device) -> int:
-    """Threads, TF32, cuDNN and deterministic mode for this run; returns the loader workers."""
-    t = cfg.train
-    deterministic = bool(t.deterministic)
-    if t.threads:
-        torch.set_num_threads(int(t.threads))
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = bool(t.tf32)
-        torch.backends.cudnn.allow_tf32 = bool(t.tf32)
-        torch.backends.cudnn.benchmark = not deterministic
-        torch.backends.cudnn.deterministic = deterministic
-        if deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    if deterministic:
-        set_deterministic(True)
-    workers = resolve_loader_workers(cfg.data.loader_workers)
-    if deterministic and workers:
-        log.info("train.deterministic: loading data in the main process (data.loader_workers=0)")
-        workers = 0
-    return workers
 
 
 def train(cfg: TrainApp, hooks: TrainHooks | None = None) -> TrainResult:

@@ -12,7 +12,13 @@ Tags (what the user sees in TensorBoard):
     logdet/flow_<k>/W_cond  condition number of W of 1x1 conv k
     audio/val_<i>           a validation clip resynthesized from its mel at the inference sigma
     mel/val_<i>             image: target mel (top) over the resynthesized clip's mel (bottom)
+    val/mel_l1, val/mr_stft  distance of those clips from their originals (lower is better)
+    val/mel_l1_griffinlim, val/mr_stft_griffinlim  the same for Griffin-Lim (a reference line)
+    audio/val_<i>_target, audio/val_<i>_griffinlim  the original clip and its Griffin-Lim copy
     hparams                 the run's settings, linked to val/log_likelihood
+
+The CUSTOM SCALARS tab (`LAYOUT`) opens on what matters: train and val log-likelihood on one
+chart, the quality figures on the next, the per-flow log-det groups after them.
 """
 
 from __future__ import annotations
@@ -30,6 +36,31 @@ _RAMP = np.array(
     [[0.00, 0.00, 0.02], [0.23, 0.06, 0.44], [0.71, 0.21, 0.48], [0.98, 0.53, 0.38], [0.99, 0.99, 0.75]],
     dtype=np.float32,
 )
+
+
+# TensorBoard's custom_scalars layout: {category: {chart title: ["Multiline", [tag regexes]]}},
+# shown in this order.
+LAYOUT: dict[str, dict[str, list]] = {
+    "1 likelihood": {
+        "log-likelihood (nats/sample, higher is better)": ["Multiline", ["train/log_likelihood",
+                                                                         "val/log_likelihood"]],
+    },
+    "2 quality of resynthesized val clips (lower is better)": {
+        "mel L1 (model vs Griffin-Lim)": ["Multiline", ["val/mel_l1", "val/mel_l1_griffinlim"]],
+        "multi-resolution STFT distance (model vs Griffin-Lim)": ["Multiline", ["val/mr_stft",
+                                                                                "val/mr_stft_griffinlim"]],
+    },
+    "3 log-determinants per flow": {
+        "coupling log s per sample": ["Multiline", [r"logdet/flow_\d+/log_s"]],
+        "1x1 conv log|det W| per sample": ["Multiline", [r"logdet/flow_\d+/W$"]],
+        "1x1 conv condition number": ["Multiline", [r"logdet/flow_\d+/W_cond"]],
+    },
+    "4 optimization": {
+        "train NLL (nats/sample)": ["Multiline", ["train/nll"]],
+        "gradient norm": ["Multiline", ["train/grad_norm"]],
+        "skipped steps": ["Multiline", ["train/skipped_steps", "train/recoveries"]],
+    },
+}
 
 
 def colorize(values: np.ndarray) -> np.ndarray:
@@ -119,6 +150,11 @@ class Monitor:
         if not self.enabled:
             return
         self.writer.add_image(tag, mel_comparison_image(target, resynthesized), step, dataformats="CHW")
+
+    def layout(self) -> None:
+        """Write the custom-scalars layout (`LAYOUT`) into this run's event file."""
+        if self.enabled:
+            self.writer.add_custom_scalars(LAYOUT)
 
     def hparams(self, hparams: Mapping[str, Any], metric_tags: list[str]) -> None:
         """Record the run's settings for TensorBoard's HPARAMS tab, in this run's own event file.

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from waveglow.config import TrainApp
 from waveglow.data import ClipDataset, SegmentDataset, load_stats
 from waveglow.errors import UserError
+from waveglow.runtime import available_cores, resolve_loader_workers
 
 log = logging.getLogger("waveglow")
 
@@ -48,15 +49,26 @@ class ResumableDistributedSampler(DistributedSampler):
     every world_size-th index, so global batch j is the same set of examples for any number
     of ranks with the same global batch. Yields `(index, example_seed)`.
 
+    A split smaller than one global batch is sampled with replacement instead: each epoch is one
+    global batch of clips drawn uniformly (seeded by seed + epoch); a clip drawn twice gets two
+    example seeds, hence two different random crops.
+
     Args:
         n_items: examples in the split.
         num_replicas, rank: the process group.
         seed: `train.seed`.
+        global_batch: examples per optimizer step over all ranks; a split smaller than this is
+            sampled with replacement (0: never).
     """
 
-    def __init__(self, n_items: int, num_replicas: int, rank: int, seed: int) -> None:
+    def __init__(self, n_items: int, num_replicas: int, rank: int, seed: int, global_batch: int = 0) -> None:
         super().__init__(range(n_items), num_replicas=num_replicas, rank=rank, shuffle=True,
                          seed=seed, drop_last=True)
+        self.n_items = n_items
+        self.replacement = n_items < global_batch
+        if self.replacement:
+            self.total_size = global_batch
+            self.num_samples = global_batch // num_replicas
         self.start = 0
 
     def set_start(self, start: int) -> None:
@@ -64,9 +76,16 @@ class ResumableDistributedSampler(DistributedSampler):
         self.start = start
 
     def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
-        indices = list(super().__iter__())[self.start:]
-        for index in indices:
-            yield index, item_seed(self.seed, self.epoch, index)
+        if not self.replacement:
+            indices = list(super().__iter__())[self.start:]
+            for index in indices:
+                yield index, item_seed(self.seed, self.epoch, index)
+            return
+        gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        draws = torch.randint(self.n_items, (self.total_size,), generator=gen).tolist()
+        # Seeded by the draw's place in the epoch (not the clip): repeated clips differ.
+        for position in range(self.rank, self.total_size, self.num_replicas)[self.start:]:
+            yield draws[position], item_seed(self.seed, self.epoch, self.n_items + position)
 
     def __len__(self) -> int:
         return self.num_samples - self.start
@@ -146,6 +165,26 @@ def load_datasets(cfg: TrainApp, segment_length: int, multiple: int, *, progress
     val_set = ClipDataset(cfg, "val", segment_length=val_seg or None, multiple_of=multiple,
                           max_clips=int(limit) if limit else None, seed=int(t.seed))
     return {"mean": mean, "std": std}, train_set, val_set
+
+
+def loader_workers(setting: int | str, *, deterministic: bool, processes: int, report: bool) -> int:
+    """DataLoader workers per training process for `data.loader_workers`.
+
+    Args:
+        setting: `auto` (from the cores per process on this machine) or a number.
+        deterministic: `train.deterministic` (data then loads in the main process).
+        processes: training processes on this machine (torchrun's LOCAL_WORLD_SIZE).
+        report: log the value used (rank 0).
+    """
+    workers = resolve_loader_workers(setting, processes=processes)
+    note = f"data.loader_workers={setting}"
+    if deterministic and workers:
+        note += ", but train.deterministic loads data in the main process"
+        workers = 0
+    if report:
+        log.info(f"data loading: {workers} DataLoader worker(s) per process ({note}; "
+                 f"{available_cores()} core(s) for {processes} process(es) on this machine)")
+    return workers
 
 
 def train_loader(train_set: Dataset, sampler: ResumableDistributedSampler, batch_size: int, *,

@@ -1,5 +1,9 @@
 """Validation during training: the held-out log-likelihood, and resynthesized clips for
-TensorBoard."""
+TensorBoard with their quality figures (see `waveglow.train.quality`).
+
+Both run with cuDNN autotuning off: their shapes vary from clip to clip, and autotuning would
+re-tune for every new one.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,9 @@ from waveglow.config import TrainApp
 from waveglow.mel import MelSpectrogram
 from waveglow.train.distributed import DistContext
 from waveglow.train.monitor import Monitor
+from waveglow.train.numerics import fixed_shapes_only
 from waveglow.train.progress import append_metric
+from waveglow.train.quality import GRIFFIN_LIM_ITERS, QualityFigures, griffin_lim
 from waveglow.train.state import LoopState
 
 log = logging.getLogger("waveglow")
@@ -40,6 +46,7 @@ class Validator:
         self.cfg = cfg
         self.batch_size = batch_size
         self.multiple = multiple
+        self._griffin_lim: dict[str, float] | None = None  # computed once per run
 
     @torch.no_grad()
     def log_likelihood(self) -> float:
@@ -48,8 +55,14 @@ class Validator:
         fp32, no dither, the same fixed segments every time; the clips are split over ranks and
         the sums combined.
         """
+        with fixed_shapes_only():
+            return self._log_likelihood()
+
+    def _log_likelihood(self) -> float:
         device = self.ctx.device
-        total, count = 0.0, 0
+        # Summed on the device: one host transfer for the whole split, not one per batch.
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        count = 0
         group: list[dict[str, Tensor]] = []
 
         def flush() -> None:
@@ -58,7 +71,7 @@ class Validator:
                 return
             audio = torch.stack([g["audio"] for g in group]).to(device)
             mel = torch.stack([g["mel"] for g in group]).to(device)
-            total += float(self.model.log_prob(audio, mel).double().sum())
+            total = total + self.model.log_prob(audio, mel).double().sum()
             count += audio.numel()
             group = []
 
@@ -69,8 +82,8 @@ class Validator:
                 flush()
             group.append(item)
         flush()
-        total, count = self.ctx.all_sum([total, float(count)])
-        return total / count if count else float("nan")
+        summed, n = self.ctx.all_sum([float(total), float(count)])
+        return summed / n if n else float("nan")
 
     def item(self, i: int) -> dict[str, Tensor]:
         """Val example i cut to a length the model accepts (and the mel frames it needs)."""
@@ -82,19 +95,32 @@ class Validator:
         return {"audio": audio[:n], "mel": mel[:, : 1 + n // hop]}
 
     @torch.no_grad()
-    def log_audio(self, monitor: Monitor, step: int, with_targets: bool) -> None:
-        """Resynthesize the first val clips at train.audio_sigma; audio + mel images to TensorBoard.
+    def log_audio(self, monitor: Monitor, step: int, with_targets: bool) -> dict[str, float]:
+        """Resynthesize the first val clips at train.audio_sigma: audio, mel images and the
+        quality figures to TensorBoard (`val/mel_l1`, `val/mr_stft`, and the Griffin-Lim
+        reference `val/mel_l1_griffinlim`, `val/mr_stft_griffinlim`, computed once per run).
 
         Args:
             monitor: where they go (rank 0 only does anything).
             step: the TensorBoard step.
             with_targets: also log the original clips (once per run, at its start).
+
+        Returns:
+            The quality scalars logged (empty on other ranks or without clips).
         """
         if not self.ctx.is_main:
-            return
+            return {}
+        with fixed_shapes_only():
+            values = self._log_audio(monitor, step, with_targets)
+        monitor.scalars(step, values)
+        return values
+
+    def _log_audio(self, monitor: Monitor, step: int, with_targets: bool) -> dict[str, float]:
         t, device = self.cfg.train, self.ctx.device
         frontend = MelSpectrogram.from_config(self.cfg.audio).to(device)
+        mel_fn = MelSpectrogram.from_config(self.cfg.audio)  # the metrics run on the CPU
         sr = int(self.cfg.audio.sampling_rate)
+        model, reference = QualityFigures(), QualityFigures() if self._griffin_lim is None else None
         for i in range(min(int(t.audio_clips), len(self.val_set))):
             item = self.item(i)
             mel = item["mel"][None].to(device)
@@ -103,8 +129,22 @@ class Validator:
             audio = torch.nan_to_num(audio.float(), nan=0.0, posinf=1.0, neginf=-1.0).clamp(-1, 1)
             monitor.audio(step, f"audio/val_{i}", audio, sr)
             monitor.mel_image(step, f"mel/val_{i}", item["mel"], frontend(audio).cpu())
+            model.add(item["audio"], audio, mel_fn)
+            if reference is not None:
+                gl = griffin_lim(item["mel"], self.cfg.audio, length=item["audio"].shape[-1], seed=int(t.seed) + i)
+                reference.add(item["audio"], gl, mel_fn)
+                if with_targets:
+                    monitor.audio(0, f"audio/val_{i}_griffinlim", gl, sr)
             if with_targets:
                 monitor.audio(0, f"audio/val_{i}_target", item["audio"], sr)
+        if reference is not None:
+            self._griffin_lim = reference.scalars("_griffinlim")
+        values = {**model.scalars(), **self._griffin_lim}
+        if values:
+            log.info(f"step {step}: resynthesized val clips: mel L1 {values['val/mel_l1']:.3f}, MR-STFT "
+                     f"{values['val/mr_stft']:.3f} (Griffin-Lim {GRIFFIN_LIM_ITERS} iterations: "
+                     f"{values['val/mel_l1_griffinlim']:.3f}, {values['val/mr_stft_griffinlim']:.3f}; lower is better)")
+        return values
 
 
 def report_validation(state: LoopState, value: float, monitor: Monitor, metrics_path: Path, is_main: bool) -> None:

@@ -1,0 +1,83 @@
+"""The process-wide numeric switches a run sets (threads, deterministic mode, cuDNN, TF32), and
+putting them back when the run ends (`Trainer.close`), so that training in a notebook or a test
+leaves the process as it found it."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from waveglow.config import TrainConfig
+from waveglow.runtime import set_deterministic
+
+log = logging.getLogger("waveglow")
+
+
+@dataclass(frozen=True)
+class NumericsState:
+    """A snapshot of the global switches `configure` changes."""
+
+    deterministic: bool
+    threads: int
+    cudnn_benchmark: bool
+    cudnn_deterministic: bool
+    cudnn_tf32: bool
+    matmul_tf32: bool
+
+    @classmethod
+    def capture(cls) -> NumericsState:
+        return cls(deterministic=torch.are_deterministic_algorithms_enabled(), threads=torch.get_num_threads(),
+                   cudnn_benchmark=torch.backends.cudnn.benchmark,
+                   cudnn_deterministic=torch.backends.cudnn.deterministic,
+                   cudnn_tf32=torch.backends.cudnn.allow_tf32,
+                   matmul_tf32=torch.backends.cuda.matmul.allow_tf32)
+
+    def restore(self) -> None:
+        if torch.are_deterministic_algorithms_enabled() != self.deterministic:
+            set_deterministic(self.deterministic)
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+        torch.backends.cudnn.benchmark = self.cudnn_benchmark
+        torch.backends.cudnn.deterministic = self.cudnn_deterministic
+        torch.backends.cudnn.allow_tf32 = self.cudnn_tf32
+        torch.backends.cuda.matmul.allow_tf32 = self.matmul_tf32
+
+
+def configure(train_cfg: TrainConfig, device: torch.device) -> None:
+    """Threads, TF32, cuDNN autotuning and deterministic mode for a run on `device`.
+
+    TF32 (`train.tf32`) is allowed globally for the conditioner's training convolutions; the
+    1×1 convolutions, validation and every no-grad path switch it off themselves
+    (`waveglow.runtime.exact_fp32`). cuDNN autotuning pays off for the fixed training shapes;
+    validation and the audio log, whose lengths vary, turn it off (`fixed_shapes_only`).
+    """
+    t = train_cfg
+    deterministic = bool(t.deterministic)
+    if t.threads:
+        torch.set_num_threads(int(t.threads))
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = bool(t.tf32)
+        torch.backends.cudnn.allow_tf32 = bool(t.tf32)
+        torch.backends.cudnn.benchmark = not deterministic
+        torch.backends.cudnn.deterministic = deterministic
+        if deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    if deterministic:
+        set_deterministic(True)
+
+
+@contextlib.contextmanager
+def fixed_shapes_only() -> Iterator[None]:
+    """cuDNN autotuning off inside (variable-length inputs would re-tune at every new shape);
+    the previous setting is restored on exit."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
