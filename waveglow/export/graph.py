@@ -48,6 +48,19 @@ class _FrozenInverse1x1(Invertible1x1Conv):
         return self.w_inv
 
 
+def freeze_inverse(part: Invertible1x1Conv) -> Invertible1x1Conv:
+    """Turn `part` (in place) into a `_FrozenInverse1x1` holding its current inverse as a buffer.
+
+    The inverse is computed as the eager path computes it (torch.linalg.inv in the state dtype),
+    so the exported graph inverts exactly as eager synthesis does.
+    """
+    with torch.no_grad():
+        inv = torch.linalg.inv(part._matrix()).unsqueeze(-1)
+    part.register_buffer("w_inv", inv)
+    part.__class__ = _FrozenInverse1x1
+    return part
+
+
 class SynthesisGraph(nn.Module):
     """mel [B, n_mels, F] (raw log-mel) and z [B, hop·F] (latent, already × sigma) -> audio [B, hop·F].
 
@@ -66,11 +79,7 @@ class SynthesisGraph(nn.Module):
             p.requires_grad_(False)
         for part in frozen.parts():
             if isinstance(part, Invertible1x1Conv):
-                # The eager inverse, computed the same way (float32 torch.linalg.inv).
-                with torch.no_grad():
-                    inv = torch.linalg.inv(part._matrix()).unsqueeze(-1)
-                part.register_buffer("w_inv", inv)
-                part.__class__ = _FrozenInverse1x1
+                freeze_inverse(part)
         self.model = frozen
         self.n_mels = frozen.n_mels
         self.hop_length = frozen.hop_length
