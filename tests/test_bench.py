@@ -326,7 +326,6 @@ def test_train_case_runs_under_the_trainers_numerics(tmp_path: Path, one_thread:
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_synthesis_reports_max_allocated(tmp_path: Path) -> None:
     _write_model_config(tmp_path, "small", SMALL_CONFIGS["affine"])
     case = bench.Case(task="synthesis", model="small", device="cuda", precision="fp16", seconds=0.1,
@@ -336,7 +335,6 @@ def test_cuda_synthesis_reports_max_allocated(tmp_path: Path) -> None:
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_fp16_train_case_runs_the_step_with_a_grad_scaler(tmp_path: Path, monkeypatch) -> None:
     scalers = []
 

@@ -256,7 +256,6 @@ def test_to_files_bad_inputs_fail_or_skip(checkpoint, tmp_path):
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
 def test_cuda_matches_cpu(setup, precision):
     synth, reference, cfg = setup
