@@ -74,7 +74,7 @@ def _schema_field(cls: type, path: Sequence[str]) -> tuple[bool, list[str]]:
         if part not in names:
             return False, list(names)
         f = names[part]
-        sub = C._dataclass_of(f)
+        sub = C.dataclass_of(f)
         if i < len(path) - 1 and sub is None:
             return C.field_kind(f)[0] in (Any, dict), []
         current = sub
@@ -157,14 +157,14 @@ def _is_text(cls: type, key: str) -> bool:
         f = {x.name: x for x in dataclasses.fields(current)}.get(part)
         if f is None:
             return False
-        current = C._dataclass_of(f) or f
+        current = C.dataclass_of(f) or f
     return isinstance(current, dataclasses.Field) and C.field_kind(current)[0] in (str, Any)
 
 
 def _field_type(cls: type, name: str) -> Any:
     for f in dataclasses.fields(cls):
         if f.name == name:
-            return C._dataclass_of(f)
+            return C.dataclass_of(f)
     return None
 
 
@@ -304,7 +304,7 @@ def _help_lines(cls: type, values: Any, prefix: str = "") -> list[str]:
     for f in dataclasses.fields(cls):
         key = f"{prefix}{f.name}"
         value = getattr(values, f.name, None) if values is not None else None
-        sub = C._dataclass_of(f)
+        sub = C.dataclass_of(f)
         if sub is not None and not prefix and f.name in C.GROUPS:
             continue  # groups are listed after the script's own keys
         if sub is not None:
