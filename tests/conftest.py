@@ -56,6 +56,31 @@ def model_config(name: str) -> dict:
     return to_dict(compose("waveglow_train", f"model={name}", "data=demo").model)
 
 
+def fit_on_clips(model, mel_fn, clips: list, *, steps: int, segment: int, lr: float, seed: int = 0) -> None:
+    """A few Adam steps of `model` (a WaveGlow) on random dithered segments of `clips` (float
+    tensors [T]), two per step, with mels from `mel_fn`: a small trained model for tests that need
+    likelihoods that mean something, without a training run."""
+    import torch
+
+    hop = mel_fn.hop_length
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        xs = []
+        for _ in range(2):
+            clip = clips[int(torch.randint(len(clips), (1,), generator=gen))]
+            start = int(torch.randint((clip.numel() - segment) // hop, (1,), generator=gen)) * hop
+            xs.append(clip[start: start + segment])
+        x = torch.stack(xs)
+        x = x + (torch.rand(x.shape, generator=gen) - 0.5) / 32768  # 1-LSB dither, as training
+        with torch.no_grad():
+            mel = mel_fn(x)
+        loss = -model.log_prob(x, mel).mean() / segment
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
 def run_cli(name: str, *args: str, check: bool = True, timeout: float = 300, env: dict | None = None,
             cwd: str | os.PathLike | None = None) -> subprocess.CompletedProcess:
     """Run console script `name` (e.g. "waveglow-mel") with Hydra overrides `args`.

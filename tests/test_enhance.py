@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import run_cli
+from conftest import fit_on_clips, run_cli
 from test_synthesize import tiny_config
 
 from waveglow.checkpoint import build_checkpoint, build_model, save_checkpoint
@@ -54,22 +54,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, demo_root: Path) -
     with torch.no_grad():
         mels = torch.cat([mel_fn(c) for c in clips], dim=1)
     model.set_mel_stats(mels.mean(dim=1), mels.std(dim=1))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(TRAIN_STEPS):
-        xs = []
-        for _ in range(2):
-            clip = clips[int(torch.randint(len(clips), (1,), generator=gen))]
-            start = int(torch.randint((clip.numel() - SEG) // HOP, (1,), generator=gen)) * HOP
-            xs.append(clip[start: start + SEG])
-        x = torch.stack(xs)
-        x = x + (torch.rand(x.shape, generator=gen) - 0.5) / 32768  # 1-LSB dither, as training
-        with torch.no_grad():
-            mel = mel_fn(x)
-        loss = -model.log_prob(x, mel).mean() / SEG
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    fit_on_clips(model, mel_fn, clips, steps=TRAIN_STEPS, segment=SEG, lr=1e-3)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(path, build_checkpoint(model, cfg, step=TRAIN_STEPS))
     return path

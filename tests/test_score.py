@@ -12,7 +12,7 @@ import shutil
 import pytest
 import soundfile as sf
 import torch
-from conftest import run_cli
+from conftest import fit_on_clips, run_cli
 from test_synthesize import tiny_config
 
 from waveglow.checkpoint import FORMAT_VERSION, build_model, save_checkpoint
@@ -68,28 +68,8 @@ def trained(demo_root):
     model = build_model(cfg)
     mel_fn = MelSpectrogram.from_config(cfg["audio"])
     clips = [load(demo_root, c) for c in TRAIN_CLIPS]
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(0)
-    seg = 4096
-    _train(model, opt, mel_fn, clips, gen, seg, steps=40)
+    fit_on_clips(model, mel_fn, clips, steps=40, segment=4096, lr=3e-3)
     return model.eval(), cfg
-
-
-def _train(model, opt, mel_fn, clips, gen, seg: int, steps: int) -> None:
-    for _ in range(steps):
-        xs = []
-        for _ in range(2):
-            clip = clips[int(torch.randint(len(clips), (1,), generator=gen))]
-            start = int(torch.randint((clip.numel() - seg) // HOP, (1,), generator=gen)) * HOP
-            xs.append(clip[start: start + seg])
-        x = torch.stack(xs)
-        x = x + (torch.rand(x.shape, generator=gen) - 0.5) / 32768  # 1-LSB dither, as training
-        with torch.no_grad():
-            mel = mel_fn(x)
-        loss = -model.log_prob(x, mel).mean() / seg
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
 
 
 @pytest.fixture(scope="module")

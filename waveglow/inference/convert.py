@@ -263,18 +263,9 @@ def convert_files(synth: Synthesizer, inputs: Inputs, output_dir: str | os.PathL
             raise UserError(f"target={target}: {e}") from None
         if target_audio.numel() < min_len:
             raise UserError(f"target={target}: {target_audio.numel()} samples; expected at least {min_len}")
-    report, ok = ConvertReport(), []
-    for inp in resolve_inputs(inputs, AUDIO_SUFFIXES, kind="audio"):
-        try:
-            check_output_path(inp, out_dir)
-            n = load_audio(inp.path, sr, warn=lambda *a: None).size
-            if n < min_len:
-                raise UserError(f"{inp.path}: {n} samples; expected at least {min_len} (one mel window)")
-            ok.append(inp)
-        except UserError as e:
-            if on_error == "fail":
-                raise naming(inp.path, e) from None
-            report.failed.append((str(inp.path), str(naming(inp.path, e))))
+    report = ConvertReport()
+    ok = checked_inputs(inputs, out_dir, min_len, lambda p: load_audio(p, sr, warn=lambda *a: None).size,
+                        on_error, report.failed)
     if not ok:
         raise UserError("no file could be converted (" + "; ".join(r for _, r in report.failed) + ")")
     for inp in tqdm(ok, unit="file", desc="convert", disable=not show_progress(progress), leave=False):
@@ -287,6 +278,34 @@ def convert_files(synth: Synthesizer, inputs: Inputs, output_dir: str | os.PathL
         report.audio_seconds += audio.numel() / sr
     report.wall_seconds = time.perf_counter() - t0
     return report
+
+
+def checked_inputs(inputs: Inputs, output_dir: Path, min_len: int, length_of: Callable[[Path], int],
+                   on_error: str, failed: list[tuple[str, str]]) -> list[InputFile]:
+    """The audio inputs that can be processed, every one read once before anything is written.
+
+    Args:
+        inputs: `input=` (file, folder, glob, filelist or paths).
+        output_dir: where `<name>.wav` outputs go (an output may not replace its input).
+        min_len: fewest samples an input may have (one mel window).
+        length_of: reads a file (raising a UserError if it cannot) and returns its samples.
+        on_error: "fail": the first bad input raises; "skip": it is appended to `failed`.
+        failed: (path, reason) of the skipped inputs.
+    """
+    ok = []
+    for inp in resolve_inputs(inputs, AUDIO_SUFFIXES, kind="audio"):
+        try:
+            check_output_path(inp, output_dir)
+            n = length_of(inp.path)
+            if n < min_len:
+                raise UserError(f"{inp.path}: {n} samples; expected at least {min_len} (one mel window)")
+            ok.append(inp)
+        except UserError as e:
+            if on_error == "fail":
+                raise naming(inp.path, e) from None
+            log.warning("skipping %s", naming(inp.path, e))
+            failed.append((str(inp.path), str(naming(inp.path, e))))
+    return ok
 
 
 def check_output_path(inp: InputFile, output_dir: Path) -> Path:

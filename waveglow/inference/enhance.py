@@ -49,12 +49,11 @@ from torch import Tensor
 from tqdm import tqdm
 
 from waveglow.config import EnhanceApp
-from waveglow.data.audio import AUDIO_SUFFIXES, load_audio, save_audio
-from waveglow.data.inputs import resolve_inputs
-from waveglow.errors import UserError, naming
+from waveglow.data.audio import load_audio, save_audio
+from waveglow.errors import UserError
 from waveglow.fileio import write_bytes_atomic, write_text_atomic
 from waveglow.inference.checks import check_settings
-from waveglow.inference.convert import Inputs, check_output_path, decode_latent, encode_audio
+from waveglow.inference.convert import Inputs, checked_inputs, decode_latent, encode_audio
 from waveglow.inference.jobs import show_progress
 from waveglow.inference.noise import noise_seed
 from waveglow.inference.score import FileScore, Region, Scorer
@@ -378,19 +377,8 @@ def enhance_files(enhancer: Enhancer, inputs: Inputs, output_dir: str | os.PathL
     if report_path.suffix.lower() not in (".csv", ".json") or Path(report).name != report:
         raise UserError(f"report={report}: expected a .csv or .json file name (written inside output_dir)")
     min_len = enhancer.mel_fn.n_fft // 2 + 1
-    done, ok = EnhanceReport(report=report_path), []
-    for inp in resolve_inputs(inputs, AUDIO_SUFFIXES, kind="audio"):
-        try:
-            check_output_path(inp, out_dir)
-            n = read_input(inp.path, sr)[0].numel()
-            if n < min_len:
-                raise UserError(f"{inp.path}: {n} samples; expected at least {min_len} (one mel window)")
-            ok.append(inp)
-        except UserError as e:
-            if on_error == "fail":
-                raise naming(inp.path, e) from None
-            log.warning("skipping %s", naming(inp.path, e))
-            done.failed.append((str(inp.path), str(naming(inp.path, e))))
+    done = EnhanceReport(report=report_path)
+    ok = checked_inputs(inputs, out_dir, min_len, lambda p: read_input(p, sr)[0].numel(), on_error, done.failed)
     if not ok:
         raise UserError("no file could be enhanced (" + "; ".join(r for _, r in done.failed) + ")")
     for inp in tqdm(ok, unit="file", desc="enhance", disable=not show_progress(progress), leave=False):
