@@ -18,6 +18,7 @@ from waveglow.checkpoint import build_checkpoint, build_model, save_checkpoint
 from waveglow.cli.bench import rewrite_argv
 from waveglow.config import ModelConfig, TrainConfig, from_dict, to_dict
 from waveglow.errors import UserError
+from waveglow.runtime import resolve_loader_workers
 from waveglow.train.numerics import NumericsState
 from waveglow.train.step import Stepper
 
@@ -212,6 +213,8 @@ def test_cli_tiny_emits_one_well_formed_line_per_case(tmp_path: Path) -> None:
         _check_row(row, row["task"])
     synth, train = rows[0], rows[1]
     assert rows[2]["gmac_per_audio_second"] == train["gmac_per_audio_second"]
+    # What data.loader_workers=auto gives a training process here (the bench's step is synthetic).
+    assert train["loader_workers"] == resolve_loader_workers("auto") and synth["loader_workers"] is None
     assert synth["model"] == "tiny" and synth["batch"] == 1 and synth["precision"] == "fp32"
     assert synth["threads"] == 1
     assert synth["audio_seconds"] == pytest.approx(0.25, abs=256 / 22050)

@@ -32,7 +32,13 @@ from waveglow.errors import UserError
 from waveglow.inference.synthesizer import Synthesizer
 from waveglow.mel import MelSpectrogram
 from waveglow.model import MEMORY_MODES
-from waveglow.runtime import PRECISIONS, autocast, resolve_device, resolve_precision
+from waveglow.runtime import (
+    PRECISIONS,
+    autocast,
+    resolve_device,
+    resolve_loader_workers,
+    resolve_precision,
+)
 from waveglow.train.numerics import NumericsState
 from waveglow.train.numerics import configure as configure_numerics
 from waveglow.train.step import Stepper
@@ -248,7 +254,9 @@ def bench_train(case: Case, peak: Mapping[str, float] | None) -> dict[str, Any]:
                                                      case.config_dir)
     sr, hop = audio.sampling_rate, audio.hop_length
     row = _base_row(case)
-    row.update(weights=weights, memory=case.memory)
+    # The step runs on a synthetic batch; the row still says what `data.loader_workers=auto`
+    # gives a training process on this machine, since that decides training speed too.
+    row.update(weights=weights, memory=case.memory, loader_workers=resolve_loader_workers("auto"))
     row["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
     model.to(device).train()
     length = case.segment_length - case.segment_length % model_cfg.n_group
