@@ -68,11 +68,10 @@ from waveglow.flows import (
     Invertible1x1Conv,
     Squeeze,
     Unsqueeze,
-    record_stats,
     state_dtype,
-    walk_recomputed,
 )
 from waveglow.runtime import exact_fp32
+from waveglow.walk import record_stats, walk_recomputed
 
 # How the training backward pass gets each flow step's activations: stored by the forward
 # pass (standard) or rebuilt from the step's output (invertible; see `walk_recomputed`).
