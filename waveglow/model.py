@@ -55,10 +55,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from waveglow.conditioner import WN, pointwise_conv
+from waveglow.conditioner import WN
 from waveglow.config import ModelConfig, from_dict, to_dict, validate
 from waveglow.errors import UserError
 from waveglow.flows import (
@@ -71,6 +70,7 @@ from waveglow.flows import (
     state_dtype,
 )
 from waveglow.runtime import exact_fp32
+from waveglow.upsample import PhaseUpsampler
 from waveglow.walk import record_stats, walk_recomputed
 
 # How the training backward pass gets each flow step's activations: stored by the forward
@@ -138,8 +138,7 @@ class WaveGlow(nn.Module):
                                 "or upsample=conv_transpose")
             self.upsample = None
             n_cond = self.n_mels
-        self._phase_key: tuple | None = None  # inference cache of the upsampling kernel
-        self._phase_cache: tuple[Tensor, Tensor] | None = None
+        self._phases = PhaseUpsampler(self.hop_length)  # the upsampler's inference path and cache
         self.register_buffer("mel_mean", torch.zeros(self.n_mels))
         self.register_buffer("mel_std", torch.ones(self.n_mels))
 
@@ -172,8 +171,7 @@ class WaveGlow(nn.Module):
     def _apply(self, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
         # .to() / .cuda() / .half(): drop the inference cache instead of keeping a copy on the
         # old device (the 1×1 convs drop theirs in their own _apply).
-        self._phase_key = None
-        self._phase_cache = None
+        self._phases.clear()
         return super()._apply(fn, *args, **kwargs)
 
     # ------------------------------------------------------------------ parts and settings
@@ -263,7 +261,7 @@ class WaveGlow(nn.Module):
         if not torch.is_autocast_enabled(mel.device.type):
             mel = mel.to(self.upsample.weight.dtype)
         hop, M = self.hop_length, self.n_mels
-        y = self._upsample_phases(mel, length)  # [B, M·hop, n]: sample f·hop + r in row m·hop + r
+        y = self._phases.phases(self.upsample, mel, length)  # [B, M·hop, n]: sample f·hop + r in row m·hop + r
         n = y.shape[2]
         # Mel-major squeeze: channel m·G + j = mel channel m at offset j (the reference layout).
         if hop % G == 0:
@@ -272,85 +270,14 @@ class WaveGlow(nn.Module):
             S = hop // G
             cond = y.view(B, M, S, G, n).permute(0, 1, 3, 4, 2).reshape(B, M * G, n * S)
             return cond if n * S == N else cond[:, :, :N].contiguous()
-        up = self._interleave(y, length)
+        up = self._phases.interleave(y, length)
         return up.reshape(B, M, N, G).transpose(2, 3).reshape(B, M * G, N)
 
-    def _phase_kernel(self) -> tuple[Tensor, Tensor]:
-        """The upsampling ConvTranspose1d rewritten as a stride-1 Conv1d with one output row per
-        (channel, phase): kernel [n_mels·hop, n_mels, q], bias [n_mels·hop], q = ceil(kernel/hop).
-
-        Without autograd the pair is cached, keyed on the version counters and storage of
-        `upsample.weight` / `upsample.bias` (as the 1×1 inverses), so weight updates invalidate it.
-        """
-        up = self.upsample
-        assert up is not None
-        w, b = up.weight, up.bias
-        hop = self.hop_length
-        c_in, c_out, k = w.shape
-        q = -(-k // hop)
-
-        def build() -> tuple[Tensor, Tensor]:
-            wp = F.pad(w, (0, q * hop - k)) if q * hop != k else w
-            # row m·hop + r, tap κ  <-  weight[i, m, (q-1-κ)·hop + r]
-            kernel = wp.reshape(c_in, c_out, q, hop).flip(2).permute(1, 3, 0, 2)
-            return kernel.reshape(c_out * hop, c_in, q), b.repeat_interleave(hop)
-
-        if torch.is_grad_enabled():
-            return build()
-        key = (w._version, w.data_ptr(), b._version, b.data_ptr(), w.dtype, w.device)
-        fresh = self._phase_key is not None and self._phase_key[0] is w and self._phase_key[1] is b
-        if not fresh or self._phase_key[2:] != key or self._phase_cache is None:
-            # An ordinary tensor (not an inference tensor), usable under no_grad as well.
-            with torch.inference_mode(False), torch.no_grad():
-                self._phase_cache = build()
-            # The parameter objects are part of the key (a replaced one may reuse the memory).
-            self._phase_key = (w, b, *key)
-        return self._phase_cache
-
-    def _upsample_phases(self, mel: Tensor, length: int) -> Tensor:
-        """The upsampler's output for `length` samples, one row per (channel, hop phase).
-
-        ConvTranspose1d(mel) computed as a stride-1 convolution over frames with the phase kernel
-        (`_phase_kernel`): on CPU 2-3x faster than the native transposed conv (which zero-fills
-        and runs a slow col2im path), and about as fast elsewhere. Only the n = ceil(length/hop)
-        frames that the audio needs are computed: output frame f reads input frames f-q+1..f,
-        so the input is cut to n frames and zero-padded by q-1 on the left only.
-
-        Args:
-            mel: [B, n_mels, F] normalized mel, F >= n.
-            length: audio samples wanted.
-
-        Returns:
-            [B, n_mels·hop, n]: row m·hop + r, column f holds upsampled sample f·hop + r of
-            mel channel m.
-        """
-        kernel, bias = self._phase_kernel()
-        q = kernel.shape[2]
-        B, M, _ = mel.shape
-        n = -(-length // self.hop_length)
-        x = F.pad(mel[:, :, :n], (q - 1, 0))  # [B, M, n + q - 1]
-        if torch.is_grad_enabled():
-            return F.conv1d(x, kernel, bias)
-        # Inference: im2col (q shifted copies of the small mel, [B, M·q, n]) and one matrix
-        # product through `pointwise_conv` (oneDNN in fp32 on CPU). For a single short mel
-        # (batch 1 and n_mels·frames <= 20,480: up to 256 frames, about 3 s of 80-band mel)
-        # torch's CPU conv1d skips oneDNN for its slow native path (1 s of mel, one core:
-        # 17 ms vs 7.6 ms here); longer inputs still gain a little (300 frames: 23 vs 19 ms).
-        cols = x.unfold(2, q, 1).transpose(2, 3).reshape(B, M * q, n)  # row i·q + κ = x[i, f + κ]
-        return pointwise_conv(cols, kernel.reshape(kernel.shape[0], M * q, 1), bias)
-
-    def _interleave(self, y: Tensor, length: int) -> Tensor:
-        """Phase rows [B, n_mels·hop, n] -> samples [B, n_mels, length] (cut from the start)."""
-        B, n = y.shape[0], y.shape[2]
-        y = y.view(B, self.n_mels, self.hop_length, n).transpose(2, 3)
-        return y.reshape(B, self.n_mels, n * self.hop_length)[:, :, :length]
-
     def _upsample(self, mel: Tensor, length: int) -> Tensor:
-        """ConvTranspose1d(mel) cut to `length` samples: [B, n_mels, F] -> [B, n_mels, length].
-
-        Same result as `self.upsample(mel)[..., :length]` (see `_upsample_phases`).
-        """
-        return self._interleave(self._upsample_phases(mel, length), length)
+        """ConvTranspose1d(mel) cut to `length` samples: [B, n_mels, F] -> [B, n_mels, length]
+        (same result as `self.upsample(mel)[..., :length]`, computed by phases)."""
+        assert self.upsample is not None
+        return self._phases(self.upsample, mel, length)
 
     # ------------------------------------------------------------------ the flow
     def _gaussian_log_density(self, z: Tensor) -> Tensor:
