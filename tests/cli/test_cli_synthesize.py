@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 from conftest import run_cli
-from test_synthesize import HOP, active_model, write_bad_inputs
+from synth_helpers import HOP, active_model, write_bad_inputs
 
 from waveglow.checkpoint import FORMAT_VERSION, save_checkpoint
 from waveglow.inference import Synthesizer

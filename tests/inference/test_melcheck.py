@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
-from test_synthesize import HOP, active_model
+from synth_helpers import HOP, active_model
 
 from waveglow.data.audio import load_audio
 from waveglow.errors import UserError

@@ -9,7 +9,7 @@ import logging
 
 import pytest
 import torch
-from test_synthesize import HOP, active_model, random_mel
+from synth_helpers import HOP, active_model, random_mel
 
 from waveglow.errors import UserError
 from waveglow.inference import NOISE_BLOCK_FRAMES, Synthesizer, latent

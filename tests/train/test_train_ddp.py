@@ -17,7 +17,7 @@ from conftest import compose, copy_demo_corpus
 from waveglow.data import load_stats
 from waveglow.train import train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 

@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 import torch
 from conftest import fit_on_clips, run_cli
-from test_synthesize import tiny_config
+from synth_helpers import tiny_config
 
 from waveglow.checkpoint import build_checkpoint, build_model, save_checkpoint
 from waveglow.inference import Synthesizer

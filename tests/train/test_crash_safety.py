@@ -8,7 +8,7 @@
 * A checkpoint write that fails (file size limit standing in for a full disk; a read-only
   checkpoints directory) stops training with one clear line and leaves last.pt intact.
 
-Kills during a write run tests/train_slow_save.py: `train` with a TrainHooks.write_checkpoint
+Kills during a write run tests/train/train_slow_save.py: `train` with a TrainHooks.write_checkpoint
 that pauses each checkpoint write halfway through its temp file and prints `checkpoint write
 in progress`. The kill points are random; WAVEGLOW_KILL_SEED=<int> replays a particular sequence.
 """
@@ -37,7 +37,7 @@ from waveglow.checkpoint import load_checkpoint
 from waveglow.data import load_stats
 from waveglow.train import TrainHooks, TrainingError, train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SLOW_SAVE = Path(__file__).resolve().parent / "train_slow_save.py"
 BIN = Path(sys.executable).parent
 KILL_SEED = int(os.environ.get("WAVEGLOW_KILL_SEED", "1234"))
@@ -93,7 +93,7 @@ def assert_checkpoints_readable(run_dir: Path) -> list[int]:
 class Run:
     """`waveglow-train` in a subprocess, its merged output read line by line.
 
-    With `slow_save` (seconds), tests/train_slow_save.py instead: each checkpoint write pauses
+    With `slow_save` (seconds), tests/train/train_slow_save.py instead: each checkpoint write pauses
     halfway through its temp file.
     """
 

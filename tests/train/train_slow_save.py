@@ -1,6 +1,6 @@
 """`waveglow.train.train` with a slow checkpoint write, for the crash-safety tests.
 
-    python tests/train_slow_save.py <seconds> key=value ...
+    python tests/train/train_slow_save.py <seconds> key=value ...
 
 Each checkpoint write puts half of its bytes into the temp file, prints `checkpoint write in
 progress` on stderr and sleeps `<seconds>` before writing the rest, so a test can SIGKILL the
