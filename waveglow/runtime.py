@@ -157,6 +157,18 @@ def tf32_allowed() -> bool:
     return conv in ("tf32", "none") if api == "precision" else bool(conv)
 
 
+def tf32_state() -> tuple:
+    """The current TF32 switches, as `set_tf32` returns them (put back with `restore_tf32`),
+    read through the one API this torch has (never the legacy flags where the new API exists)."""
+    return _tf32_state()
+
+
+def tf32_switches() -> tuple[bool, bool]:
+    """(matmul, convolution): whether CUDA float32 matmuls and convolutions may run in TF32."""
+    api, matmul, _ = _tf32_state()
+    return (matmul == "tf32" if api == "precision" else bool(matmul)), tf32_allowed()
+
+
 @contextlib.contextmanager
 def exact_fp32(device: torch.device | str) -> Iterator[None]:
     """float32 kernels without TF32 on CUDA, for the parts whose exactness the likelihood needs.

@@ -18,7 +18,7 @@ from waveglow.checkpoint import build_checkpoint, build_model, save_checkpoint
 from waveglow.cli.bench import rewrite_argv
 from waveglow.config import ModelConfig, TrainConfig, from_dict, to_dict
 from waveglow.errors import UserError
-from waveglow.runtime import resolve_loader_workers
+from waveglow.runtime import resolve_loader_workers, set_tf32, tf32_switches
 from waveglow.train.numerics import NumericsState
 from waveglow.train.step import Stepper
 
@@ -304,8 +304,8 @@ def test_train_case_runs_under_the_trainers_numerics(tmp_path: Path, one_thread:
 
     class Recording(Stepper):
         def __call__(self, audio, mel, lr, **kw):
-            flags.append((torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32,
-                          torch.backends.cuda.matmul.allow_tf32))
+            matmul_tf32, conv_tf32 = tf32_switches()
+            flags.append((torch.backends.cudnn.benchmark, conv_tf32, matmul_tf32))
             return super().__call__(audio, mel, lr, **kw)
 
     monkeypatch.setattr(cases, "configure_numerics", as_on_cuda)
@@ -317,7 +317,7 @@ def test_train_case_runs_under_the_trainers_numerics(tmp_path: Path, one_thread:
     outside = NumericsState.capture()
     try:
         torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        set_tf32(False)
         torch.set_num_threads(one_thread)  # what run_case sets first
         before = NumericsState.capture()
         bench.run_case(case)

@@ -25,6 +25,7 @@ from waveglow.flows import Invertible1x1Conv
 from waveglow.inference import Synthesizer, plan_pieces
 from waveglow.inference.metrics import snr_db
 from waveglow.inference.score import Scorer
+from waveglow.runtime import restore_tf32, set_tf32, tf32_switches
 
 pytestmark = [pytest.mark.cuda, pytest.mark.usefixtures("single_thread")]
 
@@ -38,11 +39,13 @@ ROUND_TRIP_ATOL = 1e-5    # 1×1 conv forward then inverse (fp32: ~1e-6; TF32: ~
 
 @pytest.fixture
 def tf32_allowed():
-    """TF32 globally on, as `waveglow-train train.tf32=true` leaves it; restored afterwards."""
-    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    """TF32 globally on, as `waveglow-train train.tf32=true` leaves it; restored afterwards.
+
+    Through `waveglow.runtime` only, as the code under test switches it: torch >= 2.9 refuses
+    to read the legacy `allow_tf32` flags once the `fp32_precision` API has set them."""
+    before = set_tf32(True)
     yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+    restore_tf32(before)
 
 
 @pytest.fixture(scope="module")
@@ -130,8 +133,7 @@ def test_scoring_on_cuda_is_fp32_without_tf32_and_matches_the_cpu(tiny, tf32_all
     seen: list[tuple[str, bool, bool, torch.dtype]] = []  # (part, matmul TF32, cuDNN TF32, dtype)
 
     def record(module: nn.Module, inputs: tuple) -> None:
-        seen.append((type(module).__name__, torch.backends.cuda.matmul.allow_tf32,
-                     torch.backends.cudnn.allow_tf32, inputs[0].dtype))
+        seen.append((type(module).__name__, *tf32_switches(), inputs[0].dtype))
 
     # Every module the walk calls (the conditioners' convs are called through WN.forward), and
     # the mel upsampling, which is a method of the model.
@@ -147,7 +149,7 @@ def test_scoring_on_cuda_is_fp32_without_tf32_and_matches_the_cpu(tiny, tf32_all
     assert {(matmul, cudnn, dtype) for _, matmul, cudnn, dtype in seen} == {(False, False, torch.float32)}, \
         "TF32 allowed, or not float32, while scoring"
     # TF32 is back on for whatever runs next.
-    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    assert tf32_switches() == (True, True)
 
     expected = cpu.score_audio(audio, "clip")
     assert got.samples == expected.samples == HOP * 60

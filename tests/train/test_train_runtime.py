@@ -13,6 +13,7 @@ import torch.multiprocessing as mp
 from conftest import compose
 
 from waveglow.errors import UserError
+from waveglow.runtime import exact_fp32, set_tf32, tf32_switches
 from waveglow.train.distributed import DistContext
 from waveglow.train.numerics import NumericsState, configure
 from waveglow.train.validation import Validator
@@ -29,15 +30,33 @@ def test_numerics_are_restored_after_a_cuda_configuration(saved_flags):
     """configure() for a CUDA run sets TF32, cuDNN autotuning and determinism globally (the
     flags are plain switches, settable without a GPU); restore() puts every one back."""
     torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+    set_tf32(False)
     before = NumericsState.capture()
     t = compose("waveglow_train", "data=demo", "train.tf32=true", "train.threads=1").train
     configure(t, torch.device("cuda", 0))
     changed = NumericsState.capture()
-    assert changed.cudnn_benchmark and changed.cudnn_tf32 and changed.matmul_tf32 and changed.threads == 1
+    assert changed.cudnn_benchmark and tf32_switches() == (True, True) and changed.threads == 1
     before.restore()
-    assert NumericsState.capture() == before
+    assert NumericsState.capture() == before and tf32_switches() == (False, False)
+
+
+def test_numerics_use_one_tf32_api(saved_flags):
+    """What `make gpu-check` does on torch >= 2.9: TF32 switched on through the fp32_precision
+    API (`set_tf32`, as training and `exact_fp32` do), then the run's numerics captured,
+    configured and restored. Reading the legacy `allow_tf32` flags at any point of that round
+    trip raises ("mix of the legacy and new APIs"); the flags are plain switches, so the CPU
+    exercises the same path."""
+    set_tf32(True)
+    before = NumericsState.capture()  # read the switches after the new API set them
+    t = compose("waveglow_train", "data=demo", "train.tf32=false", "train.threads=1").train
+    configure(t, torch.device("cuda", 0))
+    assert tf32_switches() == (False, False)
+    with exact_fp32("cuda"):
+        NumericsState.capture()
+    before.restore()
+    assert tf32_switches() == (True, True) and NumericsState.capture() == before
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # this torch has the new API
+        assert torch.backends.cuda.matmul.fp32_precision == torch.backends.cudnn.conv.fp32_precision == "tf32"
 
 
 class _Recorder(torch.nn.Module):

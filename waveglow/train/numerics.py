@@ -13,29 +13,31 @@ from dataclasses import dataclass
 import torch
 
 from waveglow.config import TrainConfig
-from waveglow.runtime import set_deterministic
+from waveglow.runtime import restore_tf32, set_deterministic, set_tf32, tf32_state
 
 log = logging.getLogger("waveglow")
 
 
 @dataclass(frozen=True)
 class NumericsState:
-    """A snapshot of the global switches `configure` changes."""
+    """A snapshot of the global switches `configure` changes.
+
+    TF32 is read and put back through `waveglow.runtime` (torch's `fp32_precision` API where it
+    exists): reading the legacy `allow_tf32` flags after the new API has set them raises on
+    torch >= 2.9 ("mix of the legacy and new APIs").
+    """
 
     deterministic: bool
     threads: int
     cudnn_benchmark: bool
     cudnn_deterministic: bool
-    cudnn_tf32: bool
-    matmul_tf32: bool
+    tf32: tuple  # `waveglow.runtime.tf32_state()`
 
     @classmethod
     def capture(cls) -> NumericsState:
         return cls(deterministic=torch.are_deterministic_algorithms_enabled(), threads=torch.get_num_threads(),
                    cudnn_benchmark=torch.backends.cudnn.benchmark,
-                   cudnn_deterministic=torch.backends.cudnn.deterministic,
-                   cudnn_tf32=torch.backends.cudnn.allow_tf32,
-                   matmul_tf32=torch.backends.cuda.matmul.allow_tf32)
+                   cudnn_deterministic=torch.backends.cudnn.deterministic, tf32=tf32_state())
 
     def restore(self) -> None:
         if torch.are_deterministic_algorithms_enabled() != self.deterministic:
@@ -44,8 +46,7 @@ class NumericsState:
             torch.set_num_threads(self.threads)
         torch.backends.cudnn.benchmark = self.cudnn_benchmark
         torch.backends.cudnn.deterministic = self.cudnn_deterministic
-        torch.backends.cudnn.allow_tf32 = self.cudnn_tf32
-        torch.backends.cuda.matmul.allow_tf32 = self.matmul_tf32
+        restore_tf32(self.tf32)
 
 
 def configure(train_cfg: TrainConfig, device: torch.device) -> None:
@@ -61,8 +62,7 @@ def configure(train_cfg: TrainConfig, device: torch.device) -> None:
     if t.threads:
         torch.set_num_threads(int(t.threads))
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = bool(t.tf32)
-        torch.backends.cudnn.allow_tf32 = bool(t.tf32)
+        set_tf32(bool(t.tf32))
         torch.backends.cudnn.benchmark = not deterministic
         torch.backends.cudnn.deterministic = deterministic
         if deterministic:
