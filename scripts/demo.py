@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from waveglow.data.audio import save_audio
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 STEPS = int(os.environ.get("DEMO_STEPS", "800"))
@@ -49,7 +51,7 @@ def damage(src: Path, dst: Path) -> None:
     i, burst = int(0.4 * n), int(0.020 * sr)
     audio[i: i + burst] += 0.1 * np.random.default_rng(0).standard_normal(burst).astype(np.float32)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(dst, np.clip(audio, -1, 1), sr, subtype="PCM_16")
+    save_audio(dst, audio, sr, subtype="PCM_16")  # rounded to the int16 grid, clipped at full scale
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

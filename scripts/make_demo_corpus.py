@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from waveglow.data.audio import save_audio
+
 SAMPLING_RATE = 22050
 PEAK_DBFS = -3.0
 # espeak-ng ends every utterance with ~0.3 s of digital silence; keep a natural-sounding tail
@@ -194,7 +196,7 @@ def write_corpus(out: Path) -> list[tuple[str, int]]:
                 v = i // per_voice
                 clip_id = f"DEMO{v + 1:03d}-{i % per_voice + 1:04d}"
                 audio = make_clip(exe, i, VOICES[v], normalized, Path(scratch))
-                sf.write(new_wavs / f"{clip_id}.wav", audio, SAMPLING_RATE, subtype="PCM_16", format="WAV")
+                save_audio(new_wavs / f"{clip_id}.wav", audio, SAMPLING_RATE, subtype="PCM_16")
                 rows.append(f"{clip_id}|{text}|{normalized}")
                 stats.append((clip_id, len(audio)))
         old_wavs = out / "wavs"

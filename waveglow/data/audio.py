@@ -152,32 +152,92 @@ def load_audio(path: str | os.PathLike, sampling_rate: int, warn: ResampleWarn |
     return audio
 
 
+# Bits per sample of the integer PCM subtypes the toolkit quantizes itself. libsndfile reads a
+# k-valued sample as k / 2**(bits-1) (unsigned 8-bit is offset by 128 in the file, same scale).
+PCM_BITS = {"PCM_S8": 8, "PCM_U8": 8, "PCM_16": 16, "PCM_24": 24, "PCM_32": 32}
+# Float subtypes store samples as they are: nothing is rounded and nothing beyond full scale clipped.
+FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")
+
+
+def quantize_pcm(audio: np.ndarray, subtype: str) -> tuple[np.ndarray, int]:
+    """Round float audio to the integer grid of a PCM subtype, as the file will store it.
+
+    Rounding is to the nearest step, half to even (`np.rint`), so the quantization error has
+    zero mean (libsndfile's own float conversion can truncate: a −½ LSB bias). Samples beyond
+    the grid's range [-2**(bits-1), 2**(bits-1) − 1] are clipped to it; +1.0 becomes the largest
+    code (1 LSB below full scale) without counting as clipped.
+
+    Args:
+        audio: float [T] nominally in [-1, 1] (float64 keeps PCM_32 exact; float32 holds 24 bits).
+        subtype: a key of `PCM_BITS`.
+
+    Returns:
+        (integer codes [T] in the container libsndfile writes exactly — int16 for 8/16-bit,
+        int32 left-aligned for 24-bit, int32 for 32-bit —, number of samples beyond [-1, 1]).
+    """
+    bits = PCM_BITS[subtype]
+    scale = float(2 ** (bits - 1))
+    n_clipped = int(np.count_nonzero(np.abs(audio) > 1.0))
+    codes = np.clip(np.rint(audio.astype(np.float64) * scale), -scale, scale - 1)
+    # libsndfile converts short -> 8 bit and int -> 24 bit by dropping the low 8 bits, so the
+    # codes go in left-aligned and come out exact; 16 and 32 bit are written as they are.
+    if bits == 8:
+        return (codes.astype(np.int16) << 8), n_clipped
+    if bits == 16:
+        return codes.astype(np.int16), n_clipped
+    if bits == 24:
+        return (codes.astype(np.int32) << 8), n_clipped
+    return codes.astype(np.int32), n_clipped
+
+
 def save_audio(path: str | os.PathLike, audio: np.ndarray | torch.Tensor, sampling_rate: int,
                subtype: str = "PCM_16") -> int:
     """Write mono audio atomically (`waveglow.fileio.atomic_write`: temp file, then rename).
 
+    Every WAV/FLAC the toolkit writes goes through here. Integer PCM subtypes are quantized by
+    `quantize_pcm` (round half to even, clipped at full scale), so a signal already on the
+    subtype's grid is written bit for bit and rounding carries no bias. FLOAT and DOUBLE files
+    keep every sample as given, including samples beyond [-1, 1]. Other subtypes (μ-law, ADPCM)
+    get float samples clipped to [-1, 1] and are encoded by libsndfile.
+
     Args:
         path: output file; the format follows the suffix (.wav, .flac).
-        audio: float [T] (or [1, T]) nominally in [-1, 1]; samples beyond are clipped.
+        audio: float [T] (or [1, T]) nominally in [-1, 1]. NaN is written as 0 and ±Inf as ±1.
         sampling_rate: Hz.
-        subtype: libsndfile subtype ("PCM_16", "PCM_24", "FLOAT").
+        subtype: libsndfile subtype ("PCM_16", "PCM_24", "PCM_32", "PCM_U8", "PCM_S8", "FLOAT",
+            "DOUBLE", ...) that the format supports.
 
     Returns:
-        The number of samples that had to be clipped to [-1, 1].
+        The number of samples beyond [-1, 1] that had to be clipped (always 0 for FLOAT/DOUBLE).
+
+    Raises:
+        UserError: not mono, an unknown suffix, or a subtype the format cannot hold.
     """
     path = Path(path)
     if isinstance(audio, torch.Tensor):
-        audio = audio.detach().float().cpu().numpy()
-    audio = np.asarray(audio, dtype=np.float32).squeeze()
+        audio = audio.detach().cpu()
+        audio = (audio.double() if audio.dtype == torch.float64 else audio.float()).numpy()
+    audio = np.asarray(audio)
+    # float64 stays float64 (PCM_32 and DOUBLE need its precision); anything else is float32.
+    audio = audio.astype(np.float64 if audio.dtype == np.float64 else np.float32, copy=False).squeeze()
     if audio.ndim != 1:
         raise UserError(f"{path}: expected mono audio [T] to write, got shape {list(audio.shape)}")
-    audio = np.nan_to_num(audio, nan=0.0, posinf=1.0, neginf=-1.0)
-    n_clipped = int(np.count_nonzero(np.abs(audio) > 1.0))
-    audio = np.clip(audio, -1.0, 1.0)
     fmt = {".wav": "WAV", ".flac": "FLAC"}.get(path.suffix.lower())
     if fmt is None:
         raise UserError(f"{path}: cannot write audio with suffix {path.suffix!r}; expected .wav or .flac")
-    atomic_write(path, lambda f: sf.write(f, audio, int(sampling_rate), subtype=subtype, format=fmt))
+    if not sf.check_format(fmt, subtype):
+        raise UserError(f"{path}: a {fmt} file cannot hold subtype={subtype}; expected one of "
+                        f"{', '.join(sf.available_subtypes(fmt))}")
+    audio = np.nan_to_num(audio, nan=0.0, posinf=1.0, neginf=-1.0)
+    data: np.ndarray
+    if subtype in PCM_BITS:
+        data, n_clipped = quantize_pcm(audio, subtype)
+    elif subtype in FLOAT_SUBTYPES:
+        data, n_clipped = audio.astype(np.float64 if subtype == "DOUBLE" else np.float32), 0
+    else:
+        n_clipped = int(np.count_nonzero(np.abs(audio) > 1.0))
+        data = np.clip(audio, -1.0, 1.0)
+    atomic_write(path, lambda f: sf.write(f, data, int(sampling_rate), subtype=subtype, format=fmt))
     return n_clipped
 
 
