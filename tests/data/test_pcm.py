@@ -2,10 +2,12 @@
 full scale), so a signal on a subtype's grid is written bit for bit, rounding has no bias, and
 FLOAT/DOUBLE files keep every sample, beyond full scale too. The console scripts write through
 it: the identity `waveglow-convert` gives a PCM_16 file back sample for sample, and
-`waveglow-synthesize` writes the Python API's audio rounded to the nearest step."""
+`waveglow-synthesize` writes the Python API's audio rounded to the nearest step; `waveglow-enhance`
+keeps a FLOAT file's samples beyond full scale outside what it repairs."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -140,3 +142,33 @@ def test_synthesize_writes_its_audio_rounded(checkpoint: Path, tmp_path: Path) -
     assert audio.shape == api.shape and np.abs(audio - api).max() < 1e-5
     want = np.clip(np.rint(audio.astype(np.float64) * 32768), -32768, 32767)
     np.testing.assert_array_equal(codes_in(out["PCM_16"], 16), want)
+
+
+def test_enhance_keeps_float_samples_beyond_full_scale(checkpoint: Path, demo_root: Path, tmp_path: Path) -> None:
+    """A FLOAT recording with peaks beyond full scale and one loud noise burst: `waveglow-enhance`
+    repairs the burst and writes every other sample as it was, the peaks beyond ±1 included (a
+    writer that clips FLOAT files changes them)."""
+    audio, sr = sf.read(demo_root / "wavs" / "DEMO001-0002.wav", dtype="float32")
+    audio *= 1.6  # a dozen peaks beyond full scale
+    at = int(0.7 * sr)
+    audio[at: at + 441] += np.random.default_rng(1).standard_normal(441).astype(np.float32)
+    src = tmp_path / "in" / "loud.wav"
+    src.parent.mkdir()
+    sf.write(src, audio, sr, subtype="FLOAT")
+    out = tmp_path / "out"
+    # A high threshold flags the burst only (this model is untrained; speech itself is not flagged).
+    run_cli("waveglow-enhance", f"checkpoint={checkpoint}", f"input={src}", f"output_dir={out}", "device=cpu",
+            "threshold=30", "report=report.json")
+    doc = json.loads((out / "report.json").read_text())
+    regions = [r for f in doc["files"] for r in f["regions"]]
+    assert regions and all(r["start_s"] - 0.03 <= 0.7 <= r["end_s"] for r in regions), regions
+    written = sf.read(out / "loud.wav", dtype="float32")[0]
+    assert sf.info(str(out / "loud.wav")).subtype == "FLOAT" and written.shape == audio.shape
+    margin = round(doc["margin_ms"] * sr / 1000)
+    repaired = np.zeros(audio.size, dtype=bool)
+    for r in regions:
+        repaired[max(0, round(r["start_s"] * sr) - margin): round(r["end_s"] * sr) + margin + 1] = True
+    assert (written != audio)[repaired].any()
+    beyond = (np.abs(audio) > 1) & ~repaired
+    assert beyond.sum() >= 10
+    assert np.array_equal(written[~repaired], audio[~repaired])
