@@ -1,4 +1,5 @@
-"""The process group of a run: one process, or `torchrun --nproc_per_node=N` ranks.
+"""The process group of a run: one process, `torchrun --nproc_per_node=N` ranks, or the tasks of
+a SLURM job step (`srun waveglow-train ...`; see `waveglow.train.launch`).
 
 `DistContext` is the only place that talks to `torch.distributed`'s collectives for the
 trainer (the step's all-reduce lives in `waveglow.train.step`); with one process every
@@ -13,9 +14,8 @@ cache of a corpus) is waited for on a separate gloo group with a timeout that fi
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from waveglow.errors import UserError
 from waveglow.runtime import resolve_device
+from waveglow.train.launch import Launch, read_launch
 from waveglow.train.state import TrainingError
 
 log = logging.getLogger("waveglow")
@@ -40,11 +41,12 @@ class DistContext:
     """Where this process stands in the run: rank, world size, device.
 
     Attributes:
-        world, rank, local_rank: from torchrun's environment (1, 0, 0 without torchrun).
-        device: this rank's device (`cuda:<local_rank>` under torchrun on GPUs).
-        local_world: processes of this run on this machine (torchrun's LOCAL_WORLD_SIZE).
+        world, rank, local_rank: from torchrun's or SLURM's environment (1, 0, 0 alone).
+        device: this rank's device (`cuda:<local_rank>` with several processes on GPUs).
+        local_world: processes of this run on this machine.
         owns_group: this context created the process group (and destroys it in `close`).
         prepare_group: a gloo group with `PREPARE_TIMEOUT`, for waiting on rank 0's one-off work.
+        launch: how the process was started (launcher, run id; see `waveglow.train.launch`).
     """
 
     world: int
@@ -54,35 +56,46 @@ class DistContext:
     local_world: int = 1
     owns_group: bool = False
     prepare_group: Any = None
+    launch: Launch = field(default_factory=Launch)
 
     @classmethod
-    def from_env(cls, device_name: str, environ: dict[str, str] | None = None) -> DistContext:
-        """Read torchrun's variables, pick the device, and join the process group (NCCL on CUDA,
-        gloo on CPU) when there is more than one process.
+    def from_env(cls, device_name: str, environ: Mapping[str, str] | None = None) -> DistContext:
+        """Read the launcher's variables (torchrun's or SLURM's, see `waveglow.train.launch`), pick
+        the device, and join the process group (NCCL on CUDA, gloo on CPU) when there is more
+        than one process.
 
         Args:
             device_name: the `train.device` setting.
             environ: the variables to read (default: this process's environment).
 
         Raises:
-            UserError: a bad device setting, or a local rank without a GPU of its own.
+            UserError: a bad device setting (`cuda:N` with several processes), or a local rank
+                without a GPU of its own.
         """
-        env = os.environ if environ is None else environ
-        world = int(env.get("WORLD_SIZE", "1"))
-        rank = int(env.get("RANK", "0"))
-        local_rank = int(env.get("LOCAL_RANK", "0"))
-        local_world = int(env.get("LOCAL_WORLD_SIZE", str(world)))
-        # Under torchrun, `cuda`/`auto` mean cuda:<local_rank>; a local rank beyond the GPUs
-        # present is a one-line error, not a CUDA error at the first kernel.
-        device = resolve_device(device_name, key="train.device", local_rank=local_rank if world > 1 else None)
+        launch = read_launch(environ)
+        if launch.world > 1 and str(device_name).startswith("cuda:"):
+            # Every rank would take GPU N; each process takes its own (cuda:<local rank>).
+            raise UserError(f"train.device={device_name}: with {launch.world} processes each one takes the GPU of "
+                            "its local rank; use train.device=cuda or auto (choose GPUs with CUDA_VISIBLE_DEVICES)")
+        device = resolve_device(device_name, key="train.device",
+                                local_rank=_gpu_index(device_name, launch) if launch.world > 1 else None)
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        ctx = cls(world, rank, local_rank, device, local_world=local_world)
+        ctx = cls(launch.world, launch.rank, launch.local_rank, device, local_world=launch.local_world,
+                  launch=launch)
         if ctx.distributed:
             if not dist.is_initialized():
-                dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+                backend = "nccl" if device.type == "cuda" else "gloo"
+                if launch.launcher == "slurm":
+                    dist.init_process_group(backend, init_method=launch.init_method, world_size=launch.world,
+                                            rank=launch.rank)
+                else:
+                    dist.init_process_group(backend)
                 ctx.owns_group = True
             ctx.prepare_group = dist.new_group(backend="gloo", timeout=PREPARE_TIMEOUT)
+            if ctx.is_main and launch.launcher == "slurm":
+                log.info(f"DDP from the SLURM environment: {launch.world} tasks ({launch.local_world} on this "
+                         f"node), rendezvous {launch.init_method}")
         return ctx
 
     @property
@@ -95,7 +108,7 @@ class DistContext:
         return self.rank == 0
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The module the training step calls: DDP around `model` under torchrun, else `model`."""
+        """The module the training step calls: DDP around `model` with several processes, else `model`."""
         if not self.distributed:
             return model
         return DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -117,29 +130,42 @@ class DistContext:
         return gathered
 
     def rank0_first(self, fn: Callable[[], Any], others: bool = True) -> Any:
-        """Run `fn` on rank 0, then (if `others`) on the other ranks; a UserError on rank 0
-        stops every rank with the same message instead of leaving them waiting.
+        """Run `fn` on rank 0, then (if `others`) on the other ranks. Whatever stops `fn` on rank 0
+        (a UserError, a bug, Ctrl-C) stops every rank at once with rank 0's message, instead of
+        leaving them waiting.
 
         The other ranks wait on the gloo `prepare_group` (up to `PREPARE_TIMEOUT`), so `fn` may
         take long (building a feature cache) without tripping a collective's timeout.
+
+        Raises:
+            On rank 0: what `fn` raised. On the others: UserError with rank 0's message when
+            rank 0's was a UserError, else TrainingError naming rank 0's exception.
         """
-        result, error = None, ""
+        result, failure = None, None
         if self.is_main:
             try:
                 result = fn()
-            except UserError as e:
-                error = str(e)
-                if not self.distributed:
-                    raise
+            except BaseException as e:
+                if self.distributed:
+                    failure = (isinstance(e, UserError), _describe(e))
+                    self._share_failure(failure)
+                raise
         if self.distributed:
-            box = [error]
-            dist.broadcast_object_list(box, src=0, group=self.prepare_group)
-            error = box[0]
-        if error:
-            raise UserError(error)
+            failure = self._share_failure(failure)
+        if failure is not None:
+            is_user_error, message = failure
+            if is_user_error:
+                raise UserError(message)
+            raise TrainingError(f"rank 0 failed: {message}")
         if others and not self.is_main:
             result = fn()
         return result
+
+    def _share_failure(self, failure: tuple[bool, str] | None) -> tuple[bool, str] | None:
+        """Rank 0's outcome of a `rank0_first` call on every rank (None: it succeeded)."""
+        box = [failure]
+        dist.broadcast_object_list(box, src=0, group=self.prepare_group)
+        return box[0]
 
     def agree(self, what: str, value: Any) -> Any:
         """Check that every rank holds the same `value`; returns it.
@@ -197,3 +223,20 @@ class DistContext:
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
             self.owns_group = False
+
+
+def _describe(error: BaseException) -> str:
+    """One line for another rank: a UserError's message, else the exception's type and message."""
+    if isinstance(error, UserError):
+        return str(error)
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _gpu_index(device_name: str, launch: Launch) -> int:
+    """The GPU of a process among several: its local rank, except in a SLURM task that sees one
+    GPU only (SLURM bound one GPU to each task, e.g. --gpus-per-task=1): that one."""
+    if (launch.launcher == "slurm" and str(device_name) in ("cuda", "auto") and torch.cuda.is_available()
+            and torch.cuda.device_count() == 1):
+        return 0
+    return launch.local_rank

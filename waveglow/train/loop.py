@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,14 @@ from waveglow.train.guard import Guard
 from waveglow.train.lock import RunDirLock
 from waveglow.train.monitor import Monitor
 from waveglow.train.numerics import NumericsState, configure
-from waveglow.train.progress import Progress, SpeedCheck, truncate_metrics
+from waveglow.train.progress import (
+    Progress,
+    SpeedCheck,
+    ThroughputCheck,
+    one_thread_training_rate,
+    truncate_metrics,
+)
+from waveglow.train.rundir import default_run_dir
 from waveglow.train.sampling import (
     ResumableDistributedSampler,
     load_datasets,
@@ -87,11 +93,11 @@ class Trainer:
         self.ctx = ctx = DistContext.from_env(str(t.device))
         self.device, self.is_main, self.world = ctx.device, ctx.is_main, ctx.world
         self.amp_dtype = resolve_precision(str(t.precision), self.device, key="train.precision")
-        configure(t, self.device)
+        self.threads = configure(t, self.device, processes=ctx.local_world)
         self.loader_workers = loader_workers(self.cfg.data.loader_workers, deterministic=bool(t.deterministic),
                                              processes=ctx.local_world, report=ctx.is_main)
-        run_dir = self.cfg.run_dir or str(Path("checkpoints") / (
-            f"{self.cfg.data.name}-{self.cfg.model.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"))
+        # run_dir=null: named after the launcher's run id, so that a restart or requeue resumes.
+        run_dir = self.cfg.run_dir or default_run_dir(str(self.cfg.data.name), str(self.cfg.model.name), ctx.launch)
         # Every rank must use rank 0's directory (the timestamps of two ranks may differ).
         self.run_dir = Path(ctx.broadcast_object(str(run_dir)))
         # Before anything else touches the run directory: one training process per run_dir.
@@ -223,7 +229,12 @@ class Trainer:
         self.saved_step = s.step
         progress = Progress(self.monitor, is_main=self.is_main, start_step=s.step, max_steps=max_steps,
                             sampling_rate=float(self.cfg.audio.sampling_rate),
-                            interval_s=float(t.progress_seconds))
+                            interval_s=float(t.progress_seconds), check=ThroughputCheck(
+                                enabled=self.is_main and self.device.type == "cpu", threads=self.threads.count,
+                                world=self.world, calibrate=one_thread_training_rate(
+                                    self.model, n_mels=int(self.cfg.audio.n_mels), device=self.device,
+                                    hop_length=int(self.cfg.audio.hop_length), samples=self.segment_length,
+                                    amp_dtype=self.amp_dtype)))
         speed = SpeedCheck(enabled=self.is_main and self.cpu_fallback, start_step=s.step, max_steps=max_steps,
                            n_params=sum(p.numel() for p in self.model.parameters()))
         self._iterator: Iterator[Any] | None = None
@@ -316,7 +327,7 @@ class Trainer:
     def _log_start(self) -> None:
         s, cfg, precision = self.state, self.cfg, precision_name(self.amp_dtype)
         n_params = sum(p.numel() for p in self.model.parameters())
-        where = f"{precision} on {self.device}" + (" (train.device=auto: no CUDA GPU found)"
+        where = f"{precision} on {self.device}, {self.threads.describe()}" + (" (train.device=auto: no CUDA GPU found)"
                                                    if self.cpu_fallback else "")
         batch = (f"global batch {self.global_batch}"
                  + (f" ({self.grad_accum} micro-batches of {self.batch_size} per process)" if self.grad_accum > 1
