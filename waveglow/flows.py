@@ -163,11 +163,15 @@ class Invertible1x1Conv(FlowPart):
     model), also under autocast.
 
     Inverse cache: `inverse` computes W⁻¹ from the current weight. When autograd is off
-    (`torch.no_grad` / `torch.inference_mode`) the inverse is cached and reused, keyed on the
-    weight tensor itself, its version counter, storage pointer, dtype and device, so any in-place update
-    (optimizer step, `load_state_dict`, `copy_`) or replacement of the weight invalidates it.
-    Writes through `weight.data` bypass the version counter: call `invalidate_inverse()` after
-    those. With autograd on, the inverse is always recomputed (and differentiable).
+    (`torch.no_grad` / `torch.inference_mode`, and the backward pass of invertible backprop)
+    the inverse is cached and reused, keyed on the weight tensor itself, its version counter,
+    storage pointer, dtype and device, so any in-place update (`load_state_dict`, `copy_`, an
+    optimizer's step) or replacement of the weight invalidates it. Writes through `weight.data`
+    and fused optimizers (`Adam(fused=True)`) bypass the version counter: call
+    `invalidate_inverse()` after those (the training step does, after every optimizer step:
+    `drop_cached_inverses`). With autograd on, the inverse is always recomputed (and
+    differentiable). Invertible backprop therefore inverts each W once per optimizer step, in
+    the first micro-batch's backward, whatever `grad_accum` is.
 
     Args:
         channels: c, the active channel count.
@@ -223,8 +227,11 @@ class Invertible1x1Conv(FlowPart):
         if self._inv is None or self._inv_key is None or self._inv_key[0] is not w or self._inv_key[1:] != key[1:]:
             # Built outside inference mode so the cached tensor is an ordinary tensor usable
             # under no_grad as well.
+            # inv_ex: no singularity check, which would be a host sync on CUDA; a singular W
+            # gives non-finite values (its log-det is -inf already, and the training step
+            # skips non-finite steps).
             with torch.inference_mode(False), torch.no_grad():
-                self._inv = torch.linalg.inv(self._matrix().clone()).unsqueeze(-1)
+                self._inv = torch.linalg.inv_ex(self._matrix().clone())[0].unsqueeze(-1)
             self._inv_key = key
         return self._inv
 
@@ -244,6 +251,26 @@ class Invertible1x1Conv(FlowPart):
             xa = F.conv1d(y[:, self.start:].to(w_inv.dtype), w_inv)
         return _merge(y, self.start, xa)
 
+    def inverse_vjp(self, y: Tensor, cond: Tensor, grad_y: Tensor, grad_logdet: Tensor) -> VJP:
+        """As `FlowPart.inverse_vjp`, written out with the cached W⁻¹: no second forward and no
+        factorization of W in any micro-batch's backward. On the active channels, with
+        y = W x and logdet = N·log|det W| per item (N time steps):
+        x = W⁻¹ y,  dL/dx = Wᵀ dL/dy,  dL/dW = Σ_b dL/dy_b x_bᵀ + (Σ_b dL/dlogdet_b)·N·W⁻ᵀ.
+        In float32 (float64 for a float64 model) without TF32, also under autocast."""
+        with torch.no_grad(), torch.autocast(y.device.type, enabled=False), exact_fp32(y.device):
+            w_inv = self.inverse_matrix()  # [c, c, 1], cached
+            w = self._matrix()
+            ya = y[:, self.start:].to(w.dtype)
+            grad_ya = grad_y[:, self.start:].to(w.dtype)
+            xa = F.conv1d(ya, w_inv)
+            grad_xa = F.conv1d(grad_ya, w.t().unsqueeze(-1))
+            grads: list[Tensor | None] = []
+            if self.weight.requires_grad:
+                grad_w = torch.matmul(grad_ya, xa.transpose(1, 2)).sum(dim=0)
+                grad_w += (grad_logdet.to(w.dtype).sum() * ya.shape[2]) * w_inv.squeeze(-1).t()
+                grads.append(grad_w.unsqueeze(-1).to(self.weight.dtype))
+        return _merge(y, self.start, xa), _merge(grad_y, self.start, grad_xa), None, grads
+
     def extra_stats(self) -> dict[str, Tensor]:
         """{"W_cond": 2-norm condition number of W} (detached)."""
         with torch.no_grad(), torch.autocast(self.weight.device.type, enabled=False):
@@ -251,6 +278,15 @@ class Invertible1x1Conv(FlowPart):
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, start={self.start}"
+
+
+def drop_cached_inverses(module: nn.Module) -> None:
+    """Drop the cached W⁻¹ of every 1×1 convolution in `module`: the training step calls it
+    after each optimizer step, so the cache never outlives the weights it was computed from,
+    also where the optimizer bypasses the version counter (fused optimizers)."""
+    for part in module.modules():
+        if isinstance(part, Invertible1x1Conv):
+            part.invalidate_inverse()
 
 
 class Coupling(FlowPart):

@@ -4,6 +4,7 @@ and DDP too, and keeps no per-flow activations for the backward pass."""
 
 from __future__ import annotations
 
+import collections
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,9 @@ from torch.nn.parallel import DistributedDataParallel
 from waveglow.bench.drift import reconstruction_drift
 from waveglow.conditioner import WN
 from waveglow.errors import UserError
+from waveglow.flows import Invertible1x1Conv
 from waveglow.model import WaveGlow
+from waveglow.train.step import Stepper
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 N_MELS, HOP = 5, 16
@@ -170,3 +173,48 @@ def test_reconstruction_drift_is_measured_part_by_part(precision):
     assert [r["part"] for r in rows] == list(reversed(model.flows.keys()))
     assert rows[-1]["max_input"] == pytest.approx(audio.abs().max().item())
     assert all(0 <= r["max_abs"] < 1e-5 * max(1.0, r["max_input"]) for r in rows)
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch, counts: collections.Counter, *names: str) -> None:
+    """Count the calls of torch.linalg.<name> (looked up at call time by the model's code)."""
+    for name in names:
+        original = getattr(torch.linalg, name)
+
+        def counted(*args, _name=name, _original=original, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            counts[_name] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(torch.linalg, name, counted)
+
+
+@pytest.mark.parametrize("grad_accum", [1, 3])
+def test_each_1x1_weight_is_inverted_once_per_optimizer_step(monkeypatch, grad_accum):
+    """Invertible backprop through the training step: each 1×1 weight is inverted once per
+    optimizer step (not once per micro-batch, and the backward factorizes nothing else: the
+    log-determinants are the forward's, one per weight and micro-batch), and after 3 steps of
+    a fused Adam (which does not bump the weights' version counters, so only the step's own
+    invalidation keeps the cache fresh) the weights are those of the standard backward."""
+    audio, mel = _batch(torch.float64, T=96, B=6)
+    weights = {}
+    for memory in ("standard", "invertible"):
+        model = _model(torch.float64)
+        n_convs = sum(isinstance(m, Invertible1x1Conv) for m in model.modules())
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2, fused=True)
+        step = Stepper(model, opt, device=torch.device("cpu"), amp_dtype=None, grad_clip=0,
+                       grad_accum=grad_accum, memory=memory)
+        per_step = []
+        with monkeypatch.context() as patch:
+            counts: collections.Counter[str] = collections.Counter()
+            _counting(patch, counts, "inv", "inv_ex", "solve", "lu_factor", "lu_factor_ex", "slogdet")
+            for _ in range(3):
+                counts.clear()
+                assert not step(audio, mel, 1e-2).skipped
+                per_step.append(dict(counts))
+        if memory == "invertible":
+            assert n_convs == 5
+            assert per_step == [{"inv_ex": n_convs, "slogdet": n_convs * grad_accum}] * 3, per_step
+        weights[memory] = {k: v.clone() for k, v in model.state_dict().items()}
+    moved = max((weights["standard"][k] - p).abs().max().item() for k, p in _model(torch.float64).state_dict().items())
+    assert moved > 1e-3  # the steps really changed the weights
+    worst = max((weights["invertible"][k] - v).abs().max().item() for k, v in weights["standard"].items())
+    assert worst < 1e-10, worst

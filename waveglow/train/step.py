@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from waveglow.flows import drop_cached_inverses
 from waveglow.runtime import autocast
 
 
@@ -129,6 +130,10 @@ class Stepper:
             # The gradients are known to be finite (their norm is), so GradScaler.step's own
             # check (a host sync) is not needed: the unscaled gradients are applied directly.
             self.optimizer.step()
+            # The weights changed: the 1×1 convolutions' cached inverses (invertible backprop
+            # inverts each once per step) are stale, even where the optimizer left the
+            # version counter alone (fused optimizers).
+            drop_cached_inverses(self.model)
         if self.scaler is not None:
             if math.isfinite(loss):
                 self.scaler.update()  # halves the scale after non-finite gradients
