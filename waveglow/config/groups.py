@@ -147,7 +147,8 @@ class TrainConfig:
     tf32: bool = setting(True, "allow TF32 in the conditioner's training convs (Ampere and newer)")
     deterministic: bool = setting(False, "bit-reproducible CPU runs, resumes included")
     device: str = setting("auto", "auto (CUDA if available) | cpu | cuda")
-    threads: int | None = setting(None, "CPU threads per process (null: torch's default)", min=1)
+    threads: int | None = setting(None, "CPU threads per process (null: the cores free at start, shared "
+                                  "among the processes on this machine)", min=1)
     val_every: int = setting(1000, "validate every N steps (and at step 0)", min=1)
     val_segment_length: int | None = setting(None, "null: whole val clips; N: one centred segment", min=1)
     val_max_clips: int | None = setting(None, "validate on the first N val clips (null: all)", min=1)

@@ -30,8 +30,11 @@ from waveglow.data.audio import save_audio
 from waveglow.data.inputs import InputFile, resolve_inputs
 from waveglow.errors import UserError, naming
 from waveglow.inference.checks import check_settings
+from waveglow.inference.denoiser import zero_level_mel
 from waveglow.inference.melcheck import check_recorded_settings, input_root
+from waveglow.inference.noise import latent
 from waveglow.mel import MEL_SUFFIXES, load_mel
+from waveglow.runtime import one_thread_rate, slow_warning
 
 if TYPE_CHECKING:  # the synthesizer imports this module
     from waveglow.inference.synthesizer import Synthesizer
@@ -144,7 +147,7 @@ class FileJob:
         keys = [inp.name.as_posix() for inp in self.inputs]
         bar = tqdm(total=len(self.inputs), unit="file", desc=self.label, disable=not show_progress(self.progress),
                    leave=False, file=sys.stderr)
-        for i, audio in s._run(self.n_frames, self._mel, keys, self.seed, self.sigma, self.batch_size):
+        for i, audio in s.decoder.run(self.n_frames, self._mel, keys, self.seed, self.sigma, self.batch_size):
             bar.update(1)
             path, name = self.inputs[i]
             if self.lengths[i] is not None:
@@ -159,6 +162,9 @@ class FileJob:
                 on_written(i, audio.clamp(-1.0, 1.0), path)
         bar.close()
         report.wall_seconds = time.perf_counter() - self.t0
+        message = slow_synthesis_warning(s, report.khz, report.wall_seconds)
+        if message:
+            log.warning(message)
         if not report.written:
             listed = "; ".join(reason for _, reason in report.failed) or "no inputs"
             raise UserError(f"no file could be synthesized ({listed})")
@@ -180,6 +186,42 @@ class FileJob:
         report.audio_seconds += audio.shape[-1] / s.sampling_rate
 
 
+# A job shorter than this is not worth a one-thread measurement, whatever its speed.
+CHECK_AFTER_S = 3.0
+
+
+def slow_synthesis_warning(synth: Synthesizer, khz: float, wall_seconds: float, *, threads: int | None = None,
+                           expected_khz: float | None = None) -> str | None:
+    """The warning for a CPU job that ran at under a quarter of one thread's kHz with this model
+    (several threads fighting other work for the cores; `waveglow.runtime.slow_warning`), or None.
+
+    Args:
+        synth: the synthesizer that ran the job.
+        khz: the job's output kHz (wall clock); wall_seconds: its duration.
+        threads: its intra-op threads (default: torch's current count).
+        expected_khz: one thread's kHz (default: measured now, `one_thread_khz`; only when the
+            job ran on the CPU with several threads for at least `CHECK_AFTER_S`).
+    """
+    threads = torch.get_num_threads() if threads is None else int(threads)
+    if synth.device.type != "cpu" or threads <= 1 or wall_seconds < CHECK_AFTER_S:
+        return None
+    expected = one_thread_khz(synth) if expected_khz is None else float(expected_khz)
+    return slow_warning("synthesis", khz, expected, "kHz", threads)
+
+
+def one_thread_khz(synth: Synthesizer, frames: int = 16) -> float:
+    """kHz of one thread of this machine decoding `frames` frames with `synth` (CPU time: other
+    processes on the core do not lower it; a fraction of a second for small models)."""
+    mel = zero_level_mel("mean", synth.model.mel_mean, synth.mel_floor, frames)
+    z = latent(0, 0, 0, frames, synth.hop_length, 0.6)
+
+    def decode() -> None:
+        with torch.inference_mode():
+            synth.decoder.decode_batch([mel], [z])
+
+    return one_thread_rate(decode, synth.hop_length * frames) / 1000.0
+
+
 def synthesize_files(synth: Synthesizer, inputs: Inputs, output_dir: str | os.PathLike, *, sigma: float = 0.6,
                      seed: int = 0, batch_size: int = 8, denoiser_strength: float = 0.0,
                      denoiser_mel: str = "mean", subtype: str = "PCM_16", on_error: str = "fail",
@@ -198,12 +240,13 @@ def synthesize_files(synth: Synthesizer, inputs: Inputs, output_dir: str | os.Pa
     where = str(synth.checkpoint) if synth.checkpoint is not None else "the model"
 
     def load(path: Path) -> Tensor:
-        return checker.prepare(load_mel(path, synth.n_mels), str(path), advise=False)
+        return checker.prepare(load_mel(path, synth.n_mels, constant_ok=True), str(path), advise=False)
 
     for inp in resolve_inputs(inputs, MEL_SUFFIXES, kind="mel"):
         try:
             check_recorded_settings(inp.path, input_root(inp.path, inp.name), synth.audio, where, recorded)
-            raw = load_mel(inp.path, synth.n_mels)
+            # A constant is judged by the checker: the log floor (digital silence) is synthesized.
+            raw = checker.check_constant(load_mel(inp.path, synth.n_mels, constant_ok=True), str(inp.path))
             checker.observe(raw, str(inp.path))
         except UserError as e:
             job.bad(inp.path, str(naming(inp.path, e)))

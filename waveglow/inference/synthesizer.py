@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +24,12 @@ from waveglow.checkpoint import load_model
 from waveglow.config import AudioConfig, ModelConfig, SynthesizeApp, from_dict, to_dict
 from waveglow.errors import UserError
 from waveglow.inference.checks import check_settings
-from waveglow.inference.chunks import (
-    BatchPlan,
-    OverlapAdd,
-    Piece,
-    batches,
-    decode_order,
-    plan_batch,
-    splice_tail,
-)
+from waveglow.inference.decoding import Decoder
 from waveglow.inference.denoiser import Denoiser, zero_level_mel
 from waveglow.inference.jobs import SynthesisReport, synthesize_files
 from waveglow.inference.melcheck import ConventionCheck, Reference
-from waveglow.inference.noise import latent, receptive_field_frames
+from waveglow.inference.noise import latent as latent_frames
+from waveglow.inference.noise import receptive_field_frames
 from waveglow.inference.stream import stream_synthesis
 from waveglow.mel import MelSpectrogram
 from waveglow.runtime import autocast, precision_name, resolve_device, resolve_precision
@@ -124,8 +117,10 @@ class Synthesizer:
                 if hasattr(m, "inverse_matrix"):
                     m.inverse_matrix()
         self._denoisers: dict[str, Denoiser] = {}
-        # Host -> GPU copies from pinned memory run asynchronously (no sync per batch).
-        self._pin = device.type == "cuda"
+        self.decoder = Decoder(self.model, device, amp_dtype, n_mels=self.n_mels, hop_length=self.hop_length,
+                               mel_floor=self.mel_floor, receptive_field=self.receptive_field,
+                               chunk_frames=self.chunk_frames, overlap=self.overlap,
+                               crossfade_frames=self.crossfade_frames)
 
     def reference(self) -> Reference:
         """The mel level this model expects (its stored statistics; `melcheck`)."""
@@ -134,7 +129,7 @@ class Synthesizer:
     def convention_check(self, input_convention: str = "natural") -> ConventionCheck:
         """A fresh `ConventionCheck` of inputs declared in `input_convention` against this model."""
         check_settings(SynthesizeApp, input_convention=input_convention)
-        return ConventionCheck(self.reference(), input_convention, self.n_mels)
+        return ConventionCheck(self.reference(), input_convention, self.n_mels, floor=self.mel_floor)
 
     def frontend(self) -> MelSpectrogram:
         """The checkpoint's log-mel frontend (audio [T] -> log-mel [n_mels, 1 + T // hop]), CPU."""
@@ -152,93 +147,25 @@ class Synthesizer:
         with torch.inference_mode(), autocast(self.device, self.amp_dtype):
             return self.model.decode(z.float().to(self.device), mel.float().to(self.device)).float().cpu()
 
-    # -- core ---------------------------------------------------------------------------------
+    def latent(self, mel_or_frames: Tensor | int, seed: int = 0, key: str | int = 0, sigma: float = 0.6) -> Tensor:
+        """The latent z that `from_mel(mel, seed=seed, key=key, sigma=sigma)` decodes, already
+        multiplied by sigma: the ONNX export's `z` input for the same output.
 
-    def _decode_batch(self, mels: Sequence[Tensor], zs: Sequence[Tensor], to_cpu: bool = True) -> list[Tensor]:
-        """Decode equal- or unequal-length (mel [n_mels, L], z [hop·L]) pairs in one batch.
-
-        Shorter items are padded at the end (mel with the log-mel floor, z with zeros) and their
-        outputs cut back; the caller repairs the padded items' last receptive-field frames.
-        Returns float32 [hop·L] per item: on the CPU, or on the device with to_cpu=False (the
-        caller then moves a whole batch plan at once: one host sync instead of one per decode).
-        """
-        hop = self.hop_length
-        lengths = [m.shape[-1] for m in mels]
-        n = max(lengths)
-        # Pinned host buffers on CUDA: the copies below are then truly asynchronous.
-        mel = torch.empty((len(mels), self.n_mels, n), dtype=torch.float32, pin_memory=self._pin)
-        mel.fill_(self.mel_floor)
-        z = torch.zeros(len(mels), hop * n, dtype=torch.float32, pin_memory=self._pin)
-        for b, (m, zz) in enumerate(zip(mels, zs)):
-            mel[b, :, : m.shape[-1]] = m
-            z[b, : zz.shape[-1]] = zz
-        mel, z = mel.to(self.device, non_blocking=True), z.to(self.device, non_blocking=True)
-        with autocast(self.device, self.amp_dtype):
-            out = self.model.decode(z, mel).float()
-        if to_cpu:
-            out = out.cpu()
-        return [out[b, : hop * L] for b, L in enumerate(lengths)]
-
-    def _decode_plan(self, plan: BatchPlan, window: Callable[[Piece, int], tuple[Tensor, Tensor]]
-                     ) -> dict[Piece, Tensor]:
-        """Each piece of a batch decoded exactly: [hop·piece.length] per piece.
+        `waveglow-synthesize seed=S` uses key = the file's output name (its stem, or its path
+        below an input folder: `x/b` for `<folder>/x/b.pt`).
 
         Args:
-            plan: from `plan_batch`.
-            window: (piece, first frame) -> (mel [n_mels, L], z [hop·L]) up to the piece's end.
+            mel_or_frames: a mel [n_mels, F] (or [1, n_mels, F]), or F.
+            seed, key, sigma: as `from_mel`.
+
+        Returns:
+            float32 CPU z [hop·F].
         """
-        results: dict[Piece, Tensor] = {}
-        if plan.main:
-            outs = self._decode_batch(*zip(*(window(p, p.start) for p in plan.main)), to_cpu=False)
-            results.update(zip(plan.main, outs))
-        for sub in plan.tails:
-            outs = self._decode_batch(*zip(*(window(p, s) for p, s in sub)), to_cpu=False)
-            for (p, s), o in zip(sub, outs):
-                results[p] = o if s == p.start else splice_tail(p, results[p], o, self.receptive_field,
-                                                                 self.hop_length)
-        if self.device.type == "cpu":
-            return results
-        # One device -> host copy (and sync) for the whole plan.
-        pieces = list(results)
-        flat = torch.cat([results[p] for p in pieces]).cpu()
-        return dict(zip(pieces, flat.split([results[p].numel() for p in pieces])))
-
-    def _run(self, n_frames: Sequence[int], get_mel: Callable[[int], Tensor], keys: Sequence[str | int],
-             seed: int, sigma: float, batch_size: int) -> Iterator[tuple[int, Tensor]]:
-        """Synthesize items; yields (index, audio float32 [hop·F]) as each item completes.
-
-        Args:
-            n_frames: F of each item.
-            get_mel: index -> natural-log mel [n_mels, F] (called while the item is being
-                synthesized; the result is held until the item completes, so inputs can be
-                loaded lazily).
-            keys: per-item noise keys; seed: the noise seed (see `noise.latent`).
-            sigma: latent std.
-            batch_size: pieces per decode call.
-        """
-        hop = self.hop_length
-        order = decode_order(n_frames, self.chunk_frames, self.overlap, self.crossfade_frames)
-        joiner = OverlapAdd(order, n_frames, hop, self.crossfade_frames)
-        mels: dict[int, Tensor] = {}  # items in flight only
-
-        def window(p: Piece, start: int) -> tuple[Tensor, Tensor]:
-            if p.item not in mels:
-                mels[p.item] = get_mel(p.item)
-            # The window's own blocks of the item's noise: the same numbers however it is cut.
-            return mels[p.item][:, start: p.end], latent(seed, keys[p.item], start, p.end, hop, sigma)
-
-        for batch in batches(order, batch_size):
-            # Inference mode per batch, not around the `yield`: the caller's code between two
-            # batches must not run inside it.
-            with torch.inference_mode():
-                results = self._decode_plan(plan_batch(batch, self.receptive_field, batch_size), window)
-                finished = []
-                for p in batch:
-                    audio = joiner.add(p, results[p])
-                    if audio is not None:
-                        finished.append((p.item, audio))
-                        mels.pop(p.item, None)
-            yield from finished
+        check_settings(SynthesizeApp, sigma=float(sigma))
+        frames = mel_or_frames if isinstance(mel_or_frames, int) else torch.as_tensor(mel_or_frames).shape[-1]
+        if int(frames) < 1:
+            raise UserError(f"mel_or_frames={mel_or_frames}: expected a mel [n_mels, F] or a frame count >= 1")
+        return latent_frames(int(seed), key, 0, int(frames), self.hop_length, float(sigma))
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -283,7 +210,7 @@ class Synthesizer:
         checker.warn(log)
         out = torch.zeros(len(items), self.hop_length * mel.shape[-1])
         frames = [m.shape[-1] for m in items]
-        for i, audio in self._run(frames, items.__getitem__, keys, seed, sigma, max(1, int(batch_size))):
+        for i, audio in self.decoder.run(frames, items.__getitem__, keys, seed, sigma, max(1, int(batch_size))):
             out[i, : audio.shape[-1]] = self.denoise(audio, denoiser_strength)
         return out[0] if single else out
 
@@ -309,7 +236,7 @@ class Synthesizer:
         check_settings(SynthesizeApp, sigma=float(sigma), input_convention=input_convention)
         if int(min_frames) < 1:
             raise UserError(f"min_frames={min_frames}: expected an integer >= 1")
-        return stream_synthesis(self, frames, sigma=float(sigma), seed=int(seed), key=key,
+        return stream_synthesis(self.decoder, frames, sigma=float(sigma), seed=int(seed), key=key,
                                 checker=self.convention_check(input_convention), min_frames=int(min_frames))
 
     def denoiser(self, mode: str = "mean") -> Denoiser:
@@ -325,7 +252,7 @@ class Synthesizer:
             n = max(88, 2 * self.receptive_field + 32)
             mel = zero_level_mel(mode, self.model.mel_mean, self.mel_floor, n)
             with torch.inference_mode():
-                bias = self._decode_batch([mel], [torch.zeros(self.hop_length * n)])[0]
+                bias = self.decoder.decode_batch([mel], [torch.zeros(self.hop_length * n)])[0]
             self._denoisers[mode] = Denoiser(bias, self.audio.n_fft, self.hop_length, self.audio.win_length)
         return self._denoisers[mode]
 

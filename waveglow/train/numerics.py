@@ -13,7 +13,14 @@ from dataclasses import dataclass
 import torch
 
 from waveglow.config import TrainConfig
-from waveglow.runtime import restore_tf32, set_deterministic, set_tf32, tf32_state
+from waveglow.runtime import (
+    Threads,
+    configure_threads,
+    restore_tf32,
+    set_deterministic,
+    set_tf32,
+    tf32_state,
+)
 
 log = logging.getLogger("waveglow")
 
@@ -49,8 +56,11 @@ class NumericsState:
         restore_tf32(self.tf32)
 
 
-def configure(train_cfg: TrainConfig, device: torch.device) -> None:
+def configure(train_cfg: TrainConfig, device: torch.device, processes: int = 1) -> Threads:
     """Threads, TF32, cuDNN autotuning and deterministic mode for a run on `device`.
+
+    `train.threads=null` takes the cores free at start, shared among the `processes` training
+    processes on this machine (`waveglow.runtime.choose_threads`); returns the thread count.
 
     TF32 (`train.tf32`) is allowed globally for the conditioner's training convolutions; the
     1×1 convolutions, validation and every no-grad path switch it off themselves
@@ -59,8 +69,7 @@ def configure(train_cfg: TrainConfig, device: torch.device) -> None:
     """
     t = train_cfg
     deterministic = bool(t.deterministic)
-    if t.threads:
-        torch.set_num_threads(int(t.threads))
+    threads = configure_threads(t.threads, key="train.threads", processes=processes)
     if device.type == "cuda":
         set_tf32(bool(t.tf32))
         torch.backends.cudnn.benchmark = not deterministic
@@ -69,6 +78,7 @@ def configure(train_cfg: TrainConfig, device: torch.device) -> None:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     if deterministic:
         set_deterministic(True)
+    return threads
 
 
 @contextlib.contextmanager

@@ -3,8 +3,11 @@ scalars of each logging window, and `metrics.jsonl` (one line per validation).
 
 Without a terminal, a progress line comes every `log_every` steps and also every
 `interval_s` seconds of training, so that a slow run (a large model on a CPU) is never silent
-for long. `SpeedCheck` warns once, after the first steps, when `train.device=auto` fell back to
-the CPU and the run would take more than a day.
+for long. Throughput is reported as audio samples per second (global) and audio seconds per
+second (samples/s ÷ sampling rate). `SpeedCheck` warns once, after the first steps, when
+`train.device=auto` fell back to the CPU and the run would take more than a day;
+`ThroughputCheck` warns once when the run is far slower than one thread of this machine would
+be with the same model (threads fighting other work for the cores: set `train.threads`).
 """
 
 from __future__ import annotations
@@ -14,12 +17,16 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
 from waveglow.fileio import write_text_atomic
+from waveglow.runtime import autocast, one_thread_rate, slow_warning
 from waveglow.train.monitor import Monitor
 from waveglow.train.state import LoopState
 from waveglow.train.step import StepResult
@@ -78,15 +85,18 @@ class Progress:
         monitor: the run's TensorBoard writer (disabled on ranks other than 0).
         is_main: rank 0.
         start_step, max_steps: where the run starts and ends.
-        sampling_rate: to express throughput as a multiple of real time.
+        sampling_rate: to express throughput in audio seconds per second.
         interval_s: also a log line after this many seconds without one (0: only every
             `log_every` steps); not used with a progress bar.
         bar: a tqdm bar on an interactive terminal (default: when stderr is one).
+        check: sees the samples/s of every log line (`ThroughputCheck`), or None.
     """
 
     def __init__(self, monitor: Monitor, *, is_main: bool, start_step: int, max_steps: int,
-                 sampling_rate: float, interval_s: float = 30.0, bar: bool | None = None) -> None:
+                 sampling_rate: float, interval_s: float = 30.0, bar: bool | None = None,
+                 check: ThroughputCheck | None = None) -> None:
         self.monitor = monitor
+        self.check = check
         self.is_main = is_main
         self.max_steps = max_steps
         self.sr = float(sampling_rate)
@@ -133,9 +143,11 @@ class Progress:
         if self.is_main and not self.bar:
             eta = (self.max_steps - s.step) * values["sec_per_step"]
             log.info(f"step {s.step}/{self.max_steps} | train NLL {values['nll']:.4f} nats/sample | "
-                     f"{values['samples_per_sec']:,.0f} samples/s "
-                     f"({values['samples_per_sec'] / self.sr:.2f}× real time) | "
+                     f"{values['samples_per_sec']:,.0f} samples/s, "
+                     f"{values['samples_per_sec'] / self.sr:.2f} audio seconds per second | "
                      f"{values['sec_per_step']:.3g} s/step | lr {lr:.3g} | ETA {fmt_duration(eta)}")
+        if self.check is not None:
+            self.check.after_line(values["samples_per_sec"])
         self.console.clear()
         self.last_line = time.monotonic()
 
@@ -179,6 +191,74 @@ class SpeedCheck:
                    if self.n_params > self.big_model else "a machine with a CUDA GPU, or fewer train.max_steps")
         log.warning(f"training on the CPU (train.device=auto found no CUDA GPU): {seconds:.3g} s per step, "
                     f"ETA {fmt_duration(eta)} for train.max_steps={self.max_steps}; use {instead}")
+
+
+# A training step (forward, backward, Adam) costs about three forward passes: the bench's one-core
+# figures for tiny fp32 are 314 kHz synthesis (one pass) and 107 kHz training.
+STEP_COST_IN_FORWARDS = 3.0
+
+
+class ThroughputCheck:
+    """Warns once when training runs at under a quarter of what one thread of this machine
+    reaches with the same model (`waveglow.runtime.slow_warning`): several threads fighting
+    other processes for the cores, fixed by `train.threads`.
+
+    It looks at the second log line (the first carries one-off costs) and only then measures
+    the one-thread figure (`calibrate`, a fraction of a second for small models). Nothing is
+    measured on one thread (a busy core can then at most time-slice the work) or when disabled.
+
+    Args:
+        enabled: rank 0 of a CPU run.
+        threads: intra-op threads of each training process.
+        calibrate: () -> one-thread training samples/s of one process (`one_thread_training_rate`).
+        world: training processes (log lines carry the global samples/s).
+    """
+
+    def __init__(self, *, enabled: bool, threads: int, calibrate: Callable[[], float], world: int = 1) -> None:
+        self.enabled = enabled and threads > 1
+        self.threads = threads
+        self.calibrate = calibrate
+        self.world = max(1, world)
+        self.lines = 0
+        self.message: str | None = None
+
+    def after_line(self, samples_per_sec: float) -> None:
+        """Called with the global samples/s of each log line; warns at most once."""
+        self.lines += 1
+        if not self.enabled or self.lines != 2 or not math.isfinite(samples_per_sec):
+            return
+        self.message = slow_warning("training", samples_per_sec / self.world, self.calibrate(),
+                                    "samples/s per process", self.threads, key="train.threads")
+        if self.message:
+            log.warning(self.message)
+
+
+def one_thread_training_rate(model: nn.Module, *, n_mels: int, hop_length: int, samples: int,
+                             device: torch.device, amp_dtype: torch.dtype | None) -> Callable[[], float]:
+    """A `ThroughputCheck.calibrate` for `model`: one thread's training samples/s, estimated as
+    its forward (log-likelihood) samples/s on one `samples`-long random item / `STEP_COST_IN_FORWARDS`.
+
+    No gradient, optimizer or global RNG is touched, so the run is the same with or without the check.
+
+    Args:
+        model: the WaveGlow being trained (not its DDP wrapper).
+        n_mels, hop_length: its features.
+        samples: audio samples of the item (a multiple of the model's segment multiple).
+        device, amp_dtype: where and in what precision the run trains.
+    """
+
+    def measure() -> float:
+        gen = torch.Generator().manual_seed(0)
+        audio = (0.1 * torch.randn(1, samples, generator=gen)).to(device)
+        mel = torch.randn(1, n_mels, -(-samples // hop_length), generator=gen).to(device)
+
+        def forward() -> None:
+            with torch.no_grad(), autocast(device, amp_dtype):
+                model(audio, mel)
+
+        return one_thread_rate(forward, samples) / STEP_COST_IN_FORWARDS
+
+    return measure
 
 
 def append_metric(path: Path, record: Mapping[str, Any]) -> None:
