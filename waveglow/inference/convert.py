@@ -5,9 +5,11 @@ The flow is invertible, so z = f(x; mel(x)) holds everything about x that its me
 the fine structure (phase, excitation, noise). Decoding that z with a *different* mel keeps the
 fine structure and takes the spectral envelope from the new mel:
 
-    formant_shift α   the mel's frequency axis warped: output channel k takes the input's
-                      log-mel at frequency centre_k / α (linear interpolation between channels,
-                      edges held), so α > 1 moves formants up, α < 1 down;
+    formant_shift α   the mel's spectral envelope (cepstrally liftered log-mel: the first 20
+                      DCT coefficients along the channels) warped so that its value at f moves
+                      to α·f, and the fine structure (log-mel − envelope: the harmonic ripple
+                      below ~1 kHz) added back unwarped, so α > 1 moves formants up, α < 1
+                      down, and the pitch stays (`shift_formants`);
     target            a second recording's mel, DTW-aligned to the source's frames (`dtw`),
                       replaces the source's (voice transfer between two takes of a sentence);
     latent_scale      z multiplied by this (< 1 smoother, > 1 more detail and noise).
@@ -28,12 +30,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import soundfile as sf
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
 from waveglow.config import ConvertApp
-from waveglow.data.audio import AUDIO_SUFFIXES, load_audio, save_audio
+from waveglow.data.audio import AUDIO_SUFFIXES, load_audio, resample, save_audio
 from waveglow.data.inputs import InputFile, resolve_inputs
 from waveglow.errors import UserError, naming
 from waveglow.inference.checks import check_settings
@@ -49,6 +52,10 @@ Inputs = str | os.PathLike | list[str | os.PathLike]
 # Passes of `match_envelope` after decoding with a changed mel (each one gets closer; the STFT
 # consistency of the result limits how close).
 ENVELOPE_PASSES = 3
+# Cepstral coefficients (along the 80 mel channels) that make the spectral envelope
+# `shift_formants` moves: periods of 2·80/20 = 8 channels and longer (formants); the harmonic
+# ripple of a voice below ~1 kHz (~3 channels apart) is left where it is.
+ENVELOPE_QUEFRENCIES = 20
 
 
 @dataclass
@@ -78,11 +85,14 @@ def channel_centres_hz(mel_fn: MelSpectrogram) -> Tensor:
 
 
 def warp_formants(mel: Tensor, factor: float, centres_hz: Tensor) -> Tensor:
-    """Warp a log-mel's frequency axis: channel k takes the value at frequency centre_k / factor.
+    """Warp a log-mel's frequency axis as a whole: channel k takes the value at centre_k / factor.
+
+    This moves everything, the harmonics of the voice included; `shift_formants` moves the
+    envelope only and is what conversion uses.
 
     Args:
         mel: log-mel [n_mels, F].
-        factor: > 1 moves the spectral envelope (formants) up, < 1 down; 1 returns `mel` itself.
+        factor: > 1 moves the spectrum up, < 1 down; 1 returns `mel` itself.
         centres_hz: [n_mels] increasing channel centres (`channel_centres_hz`).
 
     Returns:
@@ -98,6 +108,59 @@ def warp_formants(mel: Tensor, factor: float, centres_hz: Tensor) -> Tensor:
     lo_hz, hi_hz = centres_hz[upper - 1], centres_hz[upper]
     frac = ((src - lo_hz) / (hi_hz - lo_hz)).float()[:, None]
     return mel[upper - 1] * (1 - frac) + mel[upper] * frac
+
+
+def dct_basis(n: int) -> Tensor:
+    """Orthonormal DCT-II matrix [n, n] (float64): row q is quefrency q, so `basis @ v` is the
+    cepstrum of a log spectrum v [n] and `basis.T @ c` inverts it."""
+    k = torch.arange(n, dtype=torch.float64)
+    basis = torch.cos(math.pi * (k[None, :] + 0.5) * k[:, None] / n) * math.sqrt(2.0 / n)
+    basis[0] /= math.sqrt(2.0)
+    return basis
+
+
+def mel_envelope(mel: Tensor, n_keep: int = ENVELOPE_QUEFRENCIES) -> Tensor:
+    """The spectral envelope of a log-mel: cepstrally liftered along the channel axis.
+
+    The DCT over the channels of each frame is kept below quefrency `n_keep` and inverted.
+    What is removed, mel − envelope, is the fine structure: the ripple of resolved harmonics
+    (below about 1 kHz at 22.05 kHz / 80 channels, where a 120 Hz voice's harmonics are ~3
+    channels apart) and noise.
+
+    Args:
+        mel: log-mel [n_mels, F].
+        n_keep: quefrencies kept (the envelope varies no faster than a period of
+            2·n_mels / n_keep channels).
+
+    Returns:
+        the envelope [n_mels, F], same dtype as `mel`.
+    """
+    basis = dct_basis(mel.shape[0])[:n_keep]  # [n_keep, n_mels]
+    return (basis.T @ (basis @ mel.double())).to(mel.dtype)
+
+
+def shift_formants(mel: Tensor, factor: float, centres_hz: Tensor, n_keep: int = ENVELOPE_QUEFRENCIES) -> Tensor:
+    """Move a log-mel's spectral envelope (formants) along frequency, keeping its fine structure.
+
+    out = warp(envelope(mel), factor) + (mel − envelope(mel)): the liftered envelope
+    (`mel_envelope`) is warped so that its value at f moves to factor·f (`warp_formants`), and
+    the fine structure (the harmonic ripple, i.e. the pitch) is added back where it was. A plain
+    warp of the log-mel would move the harmonics too, and the envelope match after decoding
+    would then pull the output's harmonics toward a ripple at factor × F0.
+
+    Args:
+        mel: log-mel [n_mels, F].
+        factor: > 1 formants up, < 1 down; 1 returns `mel` itself.
+        centres_hz: [n_mels] increasing channel centres (`channel_centres_hz`).
+        n_keep: quefrencies of the envelope (`mel_envelope`).
+
+    Returns:
+        log-mel [n_mels, F] float32.
+    """
+    if factor == 1.0:
+        return mel
+    env = mel_envelope(mel.float(), n_keep)
+    return warp_formants(env, factor, centres_hz) + (mel.float() - env)
 
 
 def match_envelope(audio: Tensor, mel: Tensor, mel_fn: MelSpectrogram, max_gain: float = 3.0) -> Tensor:
@@ -137,6 +200,32 @@ def match_envelope(audio: Tensor, mel: Tensor, mel_fn: MelSpectrogram, max_gain:
 def aligned_target_mel(source_mel: Tensor, target_mel: Tensor) -> Tensor:
     """The target's mel re-timed to the source's frames by DTW: [n_mels, F_source]."""
     return target_mel[:, align(source_mel, target_mel)]
+
+
+# ------------------------------------------------------------------------------------ inputs
+def mono_audio(audio: Tensor, what: str = "audio") -> Tensor:
+    """`audio` as a float32 CPU tensor [T], refusing anything but mono [T] or [1, T].
+
+    A stereo [2, T] or [T, 2] tensor flattened would be read as 2T samples of one signal (or
+    its channels interleaved); it is refused with one line, as the command-line tools refuse a
+    multi-channel file they cannot keep.
+
+    Args:
+        audio: float tensor (or array) [T] or [1, T].
+        what: the name used in the message (e.g. "target").
+
+    Raises:
+        UserError: 0-d, 3-d or more, or more than one channel.
+    """
+    x = torch.as_tensor(audio)
+    if x.dim() == 2 and x.shape[0] == 1:
+        x = x[0]
+    if x.dim() != 1:
+        raise UserError(f"{what}: a tensor of shape {list(x.shape)}; expected mono audio [T] or [1, T] "
+                        "(mix or pick a channel first, e.g. audio.mean(0) for [2, T])")
+    if not x.is_floating_point():
+        raise UserError(f"{what}: a {x.dtype} tensor; expected float audio in [-1, 1]")
+    return x.float().cpu()
 
 
 # ----------------------------------------------------------------------------- latent access
@@ -194,9 +283,9 @@ def convert(synth: Synthesizer, audio: Tensor, formant_shift: float = 1.0, targe
 
     Args:
         synth: a `Synthesizer` (fp32 recommended: the encoder always runs in fp32).
-        audio: float [T] at the checkpoint's sampling rate.
+        audio: float mono [T] or [1, T] at the checkpoint's sampling rate (anything else: UserError).
         formant_shift: warp of the mel's frequency axis (> 1 formants up, < 1 down).
-        target: float audio [T_t] at the checkpoint's rate whose mel, DTW-aligned to `audio`,
+        target: float mono audio [T_t] (or [1, T_t]) at the checkpoint's rate whose mel, DTW-aligned to `audio`,
             replaces `audio`'s mel (before the formant shift, which then applies to it).
         latent_scale: multiplies z.
         envelope: when the mel was changed, correct the decoded audio's envelope toward the new
@@ -211,15 +300,16 @@ def convert(synth: Synthesizer, audio: Tensor, formant_shift: float = 1.0, targe
         >>> higher = convert(synth, audio, formant_shift=1.1)
     """
     check_settings(ConvertApp, formant_shift=float(formant_shift), latent_scale=float(latent_scale))
-    audio = torch.as_tensor(audio).float().flatten().cpu()
+    audio = mono_audio(audio)
+    target = None if target is None else mono_audio(target, "target")
     mel_fn = synth.frontend()
     with torch.inference_mode():
         mel = mel_fn(audio)
         z = encode_audio(synth, audio, mel)
         cond = mel
         if target is not None:
-            cond = aligned_target_mel(mel, mel_fn(torch.as_tensor(target).float().flatten().cpu()))
-        cond = warp_formants(cond, float(formant_shift), channel_centres_hz(mel_fn))
+            cond = aligned_target_mel(mel, mel_fn(target))
+        cond = shift_formants(cond, float(formant_shift), channel_centres_hz(mel_fn))
         if latent_scale != 1.0:
             z = z * float(latent_scale)
         out = decode_latent(synth, z, cond)[: audio.numel()]
@@ -233,6 +323,9 @@ def convert_files(synth: Synthesizer, inputs: Inputs, output_dir: str | os.PathL
                   target: str | os.PathLike | None = None, latent_scale: float = 1.0, subtype: str = "PCM_16",
                   on_error: str = "fail", progress: bool = True) -> ConvertReport:
     """`convert` every input file into `<output_dir>/<name>.wav` (atomic writes).
+
+    Each output has its input's sampling rate and length: an input at another rate than the
+    checkpoint's is resampled to the model's rate, converted, and resampled back.
 
     Every input is read and checked before anything is written, so with on_error="fail" a bad
     file stops the run with nothing written.
@@ -269,15 +362,28 @@ def convert_files(synth: Synthesizer, inputs: Inputs, output_dir: str | os.PathL
     if not ok:
         raise UserError("no file could be converted (" + "; ".join(r for _, r in report.failed) + ")")
     for inp in tqdm(ok, unit="file", desc="convert", disable=not show_progress(progress), leave=False):
-        audio = torch.from_numpy(load_audio(inp.path, sr))
+        audio = torch.from_numpy(load_audio(inp.path, sr, warn=lambda *a: None))
         out = convert(synth, audio, formant_shift, target_audio, latent_scale)
+        rate, frames = _rate_and_frames(inp.path)
+        if rate != sr:
+            # Written at the input's rate and length: converted at the model's rate, resampled back.
+            log.info("%s: %g kHz input converted at the model's %g kHz and written at %g kHz",
+                     inp.path, rate / 1000, sr / 1000, rate / 1000)
+            back = torch.from_numpy(resample(out.numpy(), sr, rate))
+            out = torch.nn.functional.pad(back, (0, max(0, frames - back.numel())))[:frames]
         path = out_dir / inp.name.with_suffix(".wav")
         path.parent.mkdir(parents=True, exist_ok=True)
-        report.clipped_samples += save_audio(path, out, sr, subtype=subtype)
+        report.clipped_samples += save_audio(path, out, rate, subtype=subtype)
         report.written.append(path)
         report.audio_seconds += audio.numel() / sr
     report.wall_seconds = time.perf_counter() - t0
     return report
+
+
+def _rate_and_frames(path: Path) -> tuple[int, int]:
+    """(sampling rate, frames) of an audio file that `load_audio` has already read."""
+    info = sf.info(str(path))
+    return int(info.samplerate), int(info.frames)
 
 
 def checked_inputs(inputs: Inputs, output_dir: Path, min_len: int, length_of: Callable[[Path], int],

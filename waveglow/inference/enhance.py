@@ -53,7 +53,13 @@ from waveglow.data.audio import load_audio, save_audio
 from waveglow.errors import UserError
 from waveglow.fileio import write_bytes_atomic, write_text_atomic
 from waveglow.inference.checks import check_settings
-from waveglow.inference.convert import Inputs, checked_inputs, decode_latent, encode_audio
+from waveglow.inference.convert import (
+    Inputs,
+    checked_inputs,
+    decode_latent,
+    encode_audio,
+    mono_audio,
+)
 from waveglow.inference.jobs import show_progress
 from waveglow.inference.noise import noise_seed
 from waveglow.inference.score import FileScore, Region, Scorer
@@ -235,7 +241,7 @@ class Enhancer:
         """
         if subtype not in SUBTYPES:
             raise UserError(f"subtype={subtype}: expected one of {', '.join(SUBTYPES)}")
-        x0 = torch.as_tensor(audio).float().flatten().cpu()
+        x0 = mono_audio(audio)
         key = name if key is None else key
         x = x0.clone()
         score = first = self.scorer.score_audio(x, name)
