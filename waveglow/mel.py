@@ -156,7 +156,7 @@ def convention_scale(convention: str) -> float:
     return _TO_NATURAL[convention]
 
 
-def load_mel(path: str | os.PathLike, n_mels: int) -> torch.Tensor:
+def load_mel(path: str | os.PathLike, n_mels: int, constant_ok: bool = False) -> torch.Tensor:
     """Read a mel file written by this toolkit, Tacotron 2 or NVIDIA inference scripts.
 
     Every file is distrusted: its size is checked before anything is read, an .npy header is
@@ -166,6 +166,8 @@ def load_mel(path: str | os.PathLike, n_mels: int) -> torch.Tensor:
     Args:
         path: `.pt` (a plain tensor saved with torch.save; loaded with weights_only=True) or `.npy`.
         n_mels: the expected number of mel channels.
+        constant_ok: let a constant through (synthesis judges it: the log floor is digital
+            silence, `ConventionCheck.check_constant`).
 
     Returns:
         float32 [n_mels, F] (a leading batch axis of 1 is dropped).
@@ -183,7 +185,7 @@ def load_mel(path: str | os.PathLike, n_mels: int) -> torch.Tensor:
     if path.stat().st_size == 0:
         raise UserError(f"{path}: empty file (0 bytes); expected a float tensor [n_mels={n_mels}, frames]")
     mel = _load_pt(path) if suffix == ".pt" else _load_npy(path)
-    return check_mel_values(check_mel(mel, n_mels, str(path)), str(path))
+    return check_mel_values(check_mel(mel, n_mels, str(path)), str(path), constant_ok=constant_ok)
 
 
 def check_mel(mel: torch.Tensor, n_mels: int, name: str = "mel") -> torch.Tensor:

@@ -16,6 +16,11 @@ without any error. So every input is compared with what the model was trained on
 - **the verdict**: when another reading fits clearly better than the declared one (d > 1 and
   four times the best), one warning line names it and the option that fixes it. The audio is
   still written: the check advises, `check_mel_values` refuses.
+
+A constant mel carries no signal and is refused, with one exception: every value at the log
+floor (log of the frontend's `log_clamp`, in the declared convention) is what `waveglow-mel`
+writes for digital silence. It is synthesized like any mel (the model's output for silence:
+near-silent for a trained model, hop · frames samples) and skips the statistics comparison.
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ from waveglow.errors import UserError
 from waveglow.mel import CONVENTIONS, check_mel, check_mel_values, convention_scale, to_natural
 
 # Tacotron 2 natural-log mels, pooled over channels (see the module docstring).
+# How far (in nats) a constant may sit from the log floor and still be digital silence: a floor
+# written as float32 in log10 or dB and converted back is off by ~1e-6.
+FLOOR_TOLERANCE = 1e-3
 TACOTRON_MEAN, TACOTRON_STD = -5.27, 2.62
 NORMALIZED = "normalized"
 RECORDED_CONFIGS = ("mel.config.yaml", "preprocess.config.yaml")  # written by waveglow-mel / -preprocess
@@ -114,11 +122,14 @@ class ConventionCheck:
         ref: the model's `Reference`.
         declared: the declared convention ("natural", "log10", "db").
         n_mels: the model's mel channels.
+        floor: the model's log floor in natural log (`log(audio.log_clamp)`): a mel whose every
+            value is the floor is digital silence and is accepted (None: every constant refused).
     """
 
     ref: Reference
     declared: str = "natural"
     n_mels: int = 80
+    floor: float | None = None
     suspects: dict[str, list[tuple[str, float, float]]] = field(default_factory=dict)
     checked: int = 0
 
@@ -139,15 +150,48 @@ class ConventionCheck:
             float32 [n_mels, F], natural log.
 
         Raises:
-            UserError: wrong shape, NaN/Inf, constant or absurd values (`check_mel_values`).
+            UserError: wrong shape, NaN/Inf, absurd values (`check_mel_values`), or a constant
+                other than the log floor (`check_constant`).
         """
-        raw = check_mel_values(check_mel(mel, self.n_mels, name), name)
+        raw = self.check_constant(check_mel_values(check_mel(mel, self.n_mels, name), name, constant_ok=True),
+                                  name)
         if advise:
             self.observe(raw, name)
         return to_natural(raw, self.declared)
 
+    def is_floor(self, value: float) -> bool:
+        """Whether `value` (in the declared convention) is the model's log floor."""
+        return self.floor is not None and abs(value * convention_scale(self.declared) - self.floor) <= FLOOR_TOLERANCE
+
+    def is_silence(self, raw: Tensor) -> bool:
+        """Whether every value of the raw input [n_mels, F] is the log floor (digital silence)."""
+        if raw.numel() == 0:
+            return False
+        lo, hi = float(raw.min()), float(raw.max())
+        return lo == hi and self.is_floor(lo)
+
+    def check_constant(self, raw: Tensor, name: str) -> Tensor:
+        """Refuse a raw input whose values are all one number, unless it is the log floor.
+
+        Returns:
+            `raw`.
+
+        Raises:
+            UserError: a constant other than the floor, naming the floor a silent mel has.
+        """
+        if raw.numel() <= 1 or float(raw.min()) != float(raw.max()) or self.is_silence(raw):
+            return raw
+        value = float(raw.min())
+        silent = "" if self.floor is None else (
+            f"; digital silence is {self.floor / convention_scale(self.declared):g} everywhere "
+            f"(the log floor, {self.declared} log)")
+        raise UserError(f"{name}: every value is {value:g} (a constant, not a spectrogram){silent}; expected a "
+                        "log-mel spectrogram")
+
     def observe(self, raw: Tensor, name: str) -> None:
         """Compare one raw input with the reference; remember it if it looks like another convention."""
+        if self.is_silence(raw):
+            return  # silence has no level to compare: it is neither speech nor a wrong convention
         self.checked += 1
         guess = likely_convention(raw, self.declared, self.ref)
         if guess is not None:
