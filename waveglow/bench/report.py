@@ -72,18 +72,31 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
+def _in_its_unit(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The row with its speed in the unit of its task: samples/s for training (audio samples
+    trained on per second), kHz for synthesis and mel extraction (samples produced per second)."""
+    out = dict(row)
+    if out.get("task") == "train":
+        out["khz"] = None
+    else:
+        out["samples_per_sec"] = None
+    return out
+
+
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """A fixed-width table of result rows (one line per case)."""
+    """A fixed-width table of result rows (one line per case); training speed is in its own
+    samples/s column, synthesis and preprocessing speed under kHz."""
     cols = [
         ("task", "task", 0), ("model", "model", 0), ("engine", "engine", 0), ("dev", "device", 0),
-        ("prec", "precision", 0), ("memory", "memory", 0), ("B", "batch", 0), ("audio s", "audio_seconds", 2), ("kHz", "khz", 2), ("RTF", "rtf", 3),
+        ("prec", "precision", 0), ("memory", "memory", 0), ("B", "batch", 0), ("audio s", "audio_seconds", 2),
+        ("kHz", "khz", 2), ("samples/s", "samples_per_sec", 0), ("RTF", "rtf", 3),
         ("median s", "median_s", 3), ("min s", "min_s", 3), ("peak MiB", "peak_mem_mib", 0),
         ("GMAC/audio s", "gmac_per_audio_second", 2), ("GMAC/s", "achieved_gmacs", 1),
         ("peak GMAC/s", "machine_peak_gmacs", 1), ("% peak", "pct_of_peak", 1),
         ("% conv", "pct_of_conv_peak", 1), ("SNR dB", "snr_db_vs_fp32", 1),
     ]
     cells = [[h for h, _, _ in cols]]
-    for row in rows:
+    for row in map(_in_its_unit, rows):
         if row.get("error"):
             cells.append([_fmt(row.get(k), d) for _, k, d in cols[:N_LEFT + 1]] + [f"ERROR: {row['error']}"])
             continue

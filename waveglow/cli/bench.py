@@ -10,6 +10,8 @@ import json
 import re
 import sys
 
+import torch
+
 from waveglow import bench
 from waveglow.cli.common import Script, app, log, save_config_beside
 from waveglow.config import BenchApp, to_dict
@@ -21,17 +23,17 @@ SCRIPT = Script(
     summary="Measure speed: synthesis in kHz and real-time factor, a training step in samples/s and "
             "peak memory in MiB, mel extraction; each with the share of this machine's measured peak. "
             "One JSON line per case on stdout, a table on stderr. See docs/performance.md.",
-    usage="[model=<config name | checkpoint>,...] [tasks=synthesis,train,preprocess] [precision=fp32,bf16] "
-          "[memory=standard,invertible]",
+    usage="[models=<config name | checkpoint>,...] [tasks=synthesis,train,preprocess] [precision=fp32,bf16] "
+          "[memory=standard,invertible]  (model= is the same as models=)",
     examples=("waveglow-bench",
-              "waveglow-bench model=waveglow_256 precision=bf16 seconds=1,5 tasks=synthesis",
-              "waveglow-bench model=run/checkpoints/best.pt device=cuda precision=fp16 batch=8",
-              "waveglow-bench model=waveglow_256 tasks=train memory=standard,invertible"),
+              "waveglow-bench models=waveglow_256 precision=bf16 seconds=1,5 tasks=synthesis",
+              "waveglow-bench models=run/checkpoints/best.pt device=cuda precision=fp16 batch=8",
+              "waveglow-bench models=waveglow_256 tasks=train memory=standard,invertible"),
 )
 
-# `model=` names a config under configs/model/ OR a checkpoint path, possibly several. Hydra
-# reads `model=...` as a choice in the `model` config group, which takes neither a path nor
-# several names, so the command line's `model=` is passed on as the plain list `models=`.
+# `models=` names configs under configs/model/ or checkpoint paths. `model=` is accepted as the
+# same setting: Hydra would read `model=...` as a choice in the `model` config group, which takes
+# neither a path nor several names, so the command line's `model=` is passed on as `models=`.
 # The list keys take `key=a,b` (Hydra would read a sweep) and `key=a` (one item): both become
 # `key=[...]`.
 LIST_KEYS = ("models", "precision", "tasks", "seconds", "batch", "memory")
@@ -53,8 +55,10 @@ def rewrite_argv(argv: list[str]) -> list[str]:
 @app(SCRIPT)
 def _bench(cfg: BenchApp) -> None:
     """Run every requested case and print its JSON line and the table."""
+    # threads=null: the count the script start chose from the free cores, in every case's process.
+    threads = cfg.threads or torch.get_num_threads()
     common = dict(
-        repeats=cfg.repeats, threads=cfg.threads, sigma=cfg.sigma, seed=cfg.seed,
+        repeats=cfg.repeats, threads=threads, sigma=cfg.sigma, seed=cfg.seed,
         audio=to_dict(cfg.audio), segment_length=cfg.segment_length, lr=cfg.lr, corpus=cfg.corpus,
         peak=to_dict(cfg.peak), snr=cfg.snr, engine="model" if cfg.engine == "onnxruntime" else cfg.engine,
         clock=cfg.clock,
@@ -69,7 +73,7 @@ def _bench(cfg: BenchApp) -> None:
     bench.check_device(cfg.device, cfg.clock)
     for spec in {case.model for case in cases if case.task != "preprocess"}:
         bench.check_model_spec(spec)
-    log.info(bench.machine_description(cfg.threads))
+    log.info(bench.machine_description(threads))
     rows = []
     for i, case in enumerate(cases, 1):
         log.info(f"[{i}/{len(cases)}] {case.task} {case.model} {case.device} {case.precision} "
