@@ -1,21 +1,26 @@
 """DistributedDataParallel on CPU: `torchrun --nproc_per_node=2 waveglow-train` (gloo) builds a
 missing feature cache on rank 0 while rank 1 waits, keeps the ranks identical with gradient
 accumulation (DDP synchronizes on the last micro-batch), and matches a single process with the
-same global batch. The CPU only: no rank ever selects a GPU."""
+same global batch; rank 0's failures reach every rank at once; `train.device=cuda:N` with several
+processes is refused. The CPU only: no rank ever selects a GPU."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 from conftest import compose, copy_demo_corpus
 
 from waveglow.data import load_stats
+from waveglow.errors import UserError
 from waveglow.train import train
+from waveglow.train.distributed import PREPARE_TIMEOUT, DistContext
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -88,3 +93,61 @@ def test_ddp_resume_is_exact(corpus, tmp_path):
     differ = {k: float((a["model"][k] - b["model"][k]).abs().max()) for k in a["model"]
               if not torch.equal(a["model"][k], b["model"][k])}
     assert not differ, differ
+
+
+def _rank0_first_worker(rank: int, init_file: str, results) -> None:  # noqa: ANN001
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    ctx = DistContext(2, rank, rank, torch.device("cpu"), local_world=2)
+    ctx.prepare_group = torch.distributed.new_group(backend="gloo", timeout=PREPARE_TIMEOUT)
+    failures = {"ok": None, "bug": RuntimeError("disk on fire"), "user": UserError("data.root=/x: no clips"),
+                "interrupt": KeyboardInterrupt()}
+    out = []
+    for name, failure in failures.items():
+        def fn(failure=failure, name=name):  # noqa: ANN001, ANN202
+            if rank == 0 and failure is not None:
+                raise failure
+            return f"{name} on rank {rank}"
+
+        t0 = time.monotonic()
+        try:
+            out.append((name, "returned", ctx.rank0_first(fn)))
+        except BaseException as e:  # noqa: BLE001 - the outcome is what the test checks
+            out.append((name, type(e).__name__, str(e)))
+        out[-1] += (time.monotonic() - t0,)
+    results.put((rank, out))
+    ctx.close()
+    torch.distributed.destroy_process_group()
+
+
+def test_any_failure_of_rank_0_in_rank0_first_ends_every_rank_with_its_message(tmp_path):
+    """Two gloo processes waiting on the preprocessing group (12 h timeout): whatever stops rank 0
+    (a bug, a UserError, Ctrl-C), rank 1 stops at once with rank 0's message."""
+    results = mp.get_context("fork").SimpleQueue()
+    procs = mp.start_processes(_rank0_first_worker, args=(str(tmp_path / "init"), results), nprocs=2,
+                               start_method="fork", join=False)
+    deadline = time.monotonic() + 120
+    while not procs.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in procs.processes:
+                p.kill()
+            pytest.fail("a rank still waits for rank 0 after 120 s")
+    outcome = dict(results.get() for _ in range(2))
+    assert [o[:3] for o in outcome[0]] == [
+        ("ok", "returned", "ok on rank 0"), ("bug", "RuntimeError", "disk on fire"),
+        ("user", "UserError", "data.root=/x: no clips"), ("interrupt", "KeyboardInterrupt", "")]
+    assert [o[:3] for o in outcome[1]] == [
+        ("ok", "returned", "ok on rank 1"), ("bug", "TrainingError", "rank 0 failed: RuntimeError: disk on fire"),
+        ("user", "UserError", "data.root=/x: no clips"), ("interrupt", "TrainingError", "rank 0 failed: KeyboardInterrupt")]
+    # Rank 1 was not left waiting (the old behaviour: up to PREPARE_TIMEOUT, 12 hours).
+    assert max(o[3] for o in outcome[1]) < 60
+
+
+def test_cuda_n_with_several_processes_is_refused_before_any_collective():
+    """train.device=cuda:1 under torchrun (or SLURM) would put every rank on GPU 1."""
+    for env in ({"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"},
+                {"SLURM_STEP_NUM_TASKS": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "9",
+                 "SLURM_STEP_NODELIST": "n1"}):
+        with pytest.raises(UserError, match=r"^train.device=cuda:1: with 2 processes each one takes the GPU of its "
+                                            r"local rank; use train.device=cuda or auto"):
+            DistContext.from_env("cuda:1", env)
+    assert not torch.distributed.is_initialized()
