@@ -257,3 +257,20 @@ def test_to_files_keeps_the_folder_layout(checkpoint, tmp_path):
     audio, _ = sf.read(tmp_path / "out" / "sub" / "a.wav", dtype="float32")
     alone = synth.from_mel(mel, sigma=0.5, keys=["sub/a"])  # FLOAT files keep samples beyond full scale
     assert (torch.from_numpy(audio) - alone).abs().max().item() < 1e-6
+
+
+def test_latent_is_what_a_synthesized_file_was_decoded_from(checkpoint, tmp_path):
+    # `latent(mel, seed, key=<output name>, sigma)` and the mel decode to the written file: what
+    # an ONNX export (inputs mel and z) is compared with.
+    synth = Synthesizer(checkpoint, device="cpu")
+    mel = random_mel(20, 9)
+    (tmp_path / "mels").mkdir()
+    torch.save(mel, tmp_path / "mels" / "clip.pt")
+    synth.to_files(tmp_path / "mels", tmp_path / "out", sigma=0.7, seed=5, subtype="FLOAT", progress=False)
+    written, _ = sf.read(tmp_path / "out" / "clip.wav", dtype="float32")
+    z = synth.latent(mel, seed=5, key="clip", sigma=0.7)
+    assert z.shape == (HOP * 20,) and torch.equal(z, synth.latent(20, seed=5, key="clip", sigma=0.7))
+    assert (synth.decode(z[None], mel[None])[0] - torch.from_numpy(written)).abs().max().item() < 1e-5
+    assert not torch.equal(z, synth.latent(mel, seed=6, key="clip", sigma=0.7))
+    with pytest.raises(UserError, match="sigma="):
+        synth.latent(mel, sigma=-1.0)
