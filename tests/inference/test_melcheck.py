@@ -1,10 +1,11 @@
 """The mel-convention check on real mels of the demo corpus (natural, log10, dB, normalized, for a
-model with stored statistics and for one with identity statistics), absurd values, and the audio
-settings recorded beside mel files."""
+model with stored statistics and for one with identity statistics), absurd values, the audio
+settings recorded beside mel files, and silence (the log floor) synthesized as silence."""
 
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,10 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
-from synth_helpers import HOP, active_model
+from conftest import run_cli
+from synth_helpers import HOP, active_model, random_mel
 
+from waveglow.checkpoint import build_checkpoint, save_checkpoint
 from waveglow.data.audio import load_audio
 from waveglow.errors import UserError
 from waveglow.inference import Reference, Synthesizer
@@ -123,3 +126,52 @@ def test_to_files_warns_once_per_run(tmp_path, synth, demo_mels, caplog):
     caplog.clear()
     converted = synth.to_files(d, tmp_path / "out2", progress=False, input_convention="db")
     assert len(converted.written) == 3 and not caplog.records
+
+
+FLOOR = math.log(1e-5)  # log(audio.log_clamp): what the frontend gives digital silence
+
+
+def test_silence_is_synthesized_as_silence(synth):
+    """A mel at the log floor everywhere, in any declared convention, gives hop · frames zeros;
+    beside speech in a batch it changes nothing for the other item."""
+    for convention, value in (("natural", FLOOR), ("log10", FLOOR / LN10), ("db", FLOOR * 20 / LN10)):
+        out = synth.from_mel(torch.full((80, 30), value), seed=1, input_convention=convention)
+        assert out.shape == (30 * HOP,) and not out.any(), convention
+    speech = random_mel(30, 1)
+    both = synth.from_mel(torch.stack([speech, torch.full((80, 30), FLOOR)]), seed=1)
+    assert not both[1].any() and both[0].abs().max() > 0.01
+    assert (both[0] - synth.from_mel(speech, seed=1, key=0)).abs().max() < 1e-5
+    # A stream cannot know it is all silence: accepted, the model's output, every sample there.
+    streamed = torch.cat(list(synth.stream([torch.full((80, 5), FLOOR)] * 4, seed=1)))
+    assert streamed.shape == (20 * HOP,) and torch.isfinite(streamed).all()
+
+
+@pytest.mark.parametrize("value", [-4.0, 0.0, FLOOR + 0.01, FLOOR / LN10])
+def test_other_constants_stay_refused(synth, value):
+    with pytest.raises(UserError, match=r"every value is .* \(a constant, not a spectrogram\); digital silence is "
+                                        r"-11\.51\d* everywhere \(the log floor, natural log\)"):
+        synth.from_mel(torch.full((80, 30), value))
+    with pytest.raises(UserError, match="constant"):
+        list(synth.stream([torch.full((80, 5), value)] * 4))
+
+
+def test_cli_silent_wav_to_mel_to_silence(tmp_path):
+    """`waveglow-mel` on a silent WAV, then `waveglow-synthesize`: no refusal, a WAV of hop · frames
+    zero samples. A constant mel that is not the floor is still one error line, exit 2."""
+    model, cfg = active_model(seed=6)
+    ckpt = tmp_path / "tiny.pt"
+    save_checkpoint(ckpt, build_checkpoint(model, cfg))
+    sf.write(tmp_path / "silent.wav", np.zeros(11025, np.int16), 22050, subtype="PCM_16")
+    run_cli("waveglow-mel", f"input={tmp_path / 'silent.wav'}", f"output_dir={tmp_path / 'mels'}")
+    mel = torch.load(tmp_path / "mels" / "silent.pt", weights_only=True)
+    assert mel.shape == (80, 1 + 11025 // HOP) and float(mel.min()) == float(mel.max())
+    run_cli("waveglow-synthesize", f"checkpoint={ckpt}", f"input={tmp_path / 'mels'}",
+            f"output_dir={tmp_path / 'out'}", "device=cpu")
+    audio, sr = sf.read(tmp_path / "out" / "silent.wav", dtype="int16")
+    assert sr == 22050 and audio.shape == (mel.shape[1] * HOP,) and not audio.any()
+    torch.save(torch.full((80, 20), -5.0), tmp_path / "flat.pt")
+    proc = run_cli("waveglow-synthesize", f"checkpoint={ckpt}", f"input={tmp_path / 'flat.pt'}",
+                   f"output_dir={tmp_path / 'out2'}", "device=cpu", check=False)
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "constant" in errors[0] and "flat.pt" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr and not list((tmp_path / "out2").glob("*.wav"))

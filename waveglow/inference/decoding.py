@@ -23,6 +23,7 @@ from waveglow.inference.chunks import (
     plan_batch,
     splice_tail,
 )
+from waveglow.inference.melcheck import is_silence
 from waveglow.inference.noise import latent
 from waveglow.runtime import autocast
 
@@ -132,6 +133,8 @@ class Decoder:
                 for p in batch:
                     audio = joiner.add(p, results[p])
                     if audio is not None:
+                        if is_silence(mels[p.item], self.mel_floor):  # digital silence in, digital silence out
+                            audio = torch.zeros_like(audio)
                         finished.append((p.item, audio))
                         mels.pop(p.item, None)
             yield from finished
