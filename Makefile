@@ -58,8 +58,8 @@ test: install ## run the test suite (CPU; CUDA cases skip without a GPU)
 test-all: install ## the test suite including the slow cases
 	$(PY) -m pytest -q -m "slow or not slow"
 
-demo: install ## train a tiny model on the bundled corpus and synthesize its held-out clips (~4 min on 2 CPU cores)
-	$(PY) scripts/demo.py
+demo: install ## train a tiny model on the bundled corpus and synthesize its held-out clips (~4 min on 2 CPU cores; THREADS=N sets the threads)
+	DEMO_THREADS=$(THREADS) $(PY) scripts/demo.py
 
 ljspeech: install ## download LJSpeech-1.1 (checksum verified, resumable) into data/ and write its splits
 	$(BIN)/waveglow-download data=ljspeech data.download.url=$(LJSPEECH_URL) data.download.sha256=$(LJSPEECH_SHA256)

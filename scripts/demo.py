@@ -7,7 +7,8 @@ with clicks and a noise burst injected (outputs/demo/repaired/), converts one wi
 shift (outputs/demo/converted/), and prints the validation log-likelihood before and after
 training. Every step runs the real console scripts, so what the demo shows is what a user gets.
 
-Environment overrides: DEMO_STEPS (training steps), DEMO_RUN_DIR, DEMO_OUT.
+Environment overrides: DEMO_STEPS (training steps), DEMO_RUN_DIR, DEMO_OUT, DEMO_THREADS (`make demo
+THREADS=N`: the thread setting of every step that has one; unset, each takes the cores free at its start).
 """
 
 from __future__ import annotations
@@ -30,9 +31,14 @@ STEPS = int(os.environ.get("DEMO_STEPS", "800"))
 RUN_DIR = Path(os.environ.get("DEMO_RUN_DIR", REPO / "checkpoints" / "demo-tiny"))
 OUT = Path(os.environ.get("DEMO_OUT", REPO / "outputs" / "demo"))
 CORPUS = REPO / "data" / "demo"
+THREADS = os.environ.get("DEMO_THREADS", "").strip()
+THREAD_KEYS = {"waveglow-train": "train.threads", "waveglow-synthesize": "threads", "waveglow-enhance": "threads",
+               "waveglow-convert": "threads"}
 
 
 def step(title: str, *cmd: str) -> None:
+    if THREADS and cmd[0] in THREAD_KEYS:
+        cmd = (*cmd, f"{THREAD_KEYS[cmd[0]]}={THREADS}")
     print(f"\n==> {title}\n    $ {' '.join(cmd)}", flush=True)
     t0 = time.perf_counter()
     proc = subprocess.run([str(BIN / cmd[0]), *cmd[1:]], cwd=REPO)
