@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 import shlex
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 
 from waveglow.cli.bench import rewrite_argv
 from waveglow.cli.common import CONFIG_DIR, compose, parse_argv
+from waveglow.cli.sweep import check_launcher, plan
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
@@ -68,10 +70,14 @@ def test_readme_command_composes(name, args):
     assert (CONFIG_DIR / f"{config_name}.yaml").exists(), f"README uses {name} but configs/{config_name}.yaml is missing"
     if name == "waveglow-bench":
         args = rewrite_argv(args)
-    settings, config_dirs, action = parse_argv(args, name)  # raises on a non key=value argument
-    if action is None and not config_dirs:
+    argv = parse_argv(args, name)  # raises on a non key=value argument
+    if argv.action is None and not argv.dirs:
         # The script's own composition: unknown keys, bad groups, types and ranges raise.
-        compose(config_name, settings)
+        if argv.multirun:  # a sweep (-m): every job's settings, then the launcher's and sweeper's
+            script = importlib.import_module(f"waveglow.cli.{config_name[len('waveglow_'):]}").main.script
+            check_launcher(plan(script, argv.settings, argv.dirs))
+        else:
+            compose(config_name, argv.settings)
 
 
 def test_readme_make_targets_exist():

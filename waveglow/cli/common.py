@@ -7,6 +7,10 @@ result into the typed objects of `waveglow.config`, checks every range and choic
 then calls `fn`. Any mistake in a setting, and any `UserError` raised later, is one
 `error: ...` line and exit status 2; Ctrl-C is exit 130. Other exceptions are bugs and keep
 their traceback.
+
+`-m` / `--multirun` runs a sweep (one job per combination of the swept values, through Hydra's
+sweepers and launchers; see `waveglow.cli.sweep`) for the scripts that declare a `Sweep`;
+`--cfg job` prints the resolved, validated config and runs nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from waveglow import __version__
 from waveglow import config as C
@@ -35,6 +39,24 @@ CONFIG_DIR = Path(str(resources.files("waveglow") / "configs"))
 
 
 @dataclass(frozen=True)
+class Sweep:
+    """How a script runs as a sweep job (`-m`).
+
+    Attributes:
+        dir_key: the setting that gets each job's own folder (`run_dir`, `output_dir`) unless the
+            job sets it.
+        default_dir: the sweep folder when `hydra.sweep.dir` is not given, from the first job's
+            typed config and a `YYYYmmdd-HHMMSS` stamp.
+        objective: the job's return value for optimizing sweepers, from what the script's
+            function returned (training: the best validation log-likelihood); None: no objective.
+    """
+
+    dir_key: str
+    default_dir: Callable[[Any, str], str]
+    objective: Callable[[Any], float | None] | None = None
+
+
+@dataclass(frozen=True)
 class Script:
     """What `--help` says about a console script."""
 
@@ -43,6 +65,26 @@ class Script:
     summary: str         # one paragraph
     usage: str           # the required keys, e.g. "checkpoint=<ckpt> input=<mels> output_dir=<dir>"
     examples: tuple[str, ...] = ()
+    sweep: Sweep | None = None  # runs sweeps (-m) when set
+
+
+class Failed(Exception):
+    """A run that could not go on, though the settings were fine (e.g. training diverged
+    beyond its guards): one `error:` line and exit status `code` (1)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Stopped(BaseException):
+    """A run stopped by a signal after saving its state (re-running resumes): exit status
+    `code` (130 SIGINT, 143 SIGTERM). A BaseException, like KeyboardInterrupt, so that it ends a
+    sweep instead of counting as one failed job."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -93,12 +135,20 @@ def _quoted(key: str, value: str) -> str:
     return f"{key}='" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _check_overrides(config_name: str, overrides: Sequence[str], config_dirs: Sequence[Path]) -> list[str]:
+hydra_quoted = _quoted
+
+
+def check_overrides(config_name: str, overrides: Sequence[str], config_dirs: Sequence[Path], *,
+                    sweeps: bool = False) -> list[str]:
     """Refuse unknown keys and unknown group choices by name, before Hydra sees them.
 
     Hydra's own messages for these advise `+key=value`, which would run with the typo ignored.
     A text setting (a path, typically) whose value Hydra's grammar cannot take as it is (spaces,
     commas, parentheses, '=') is passed on quoted, so `input=my file (1).wav` just works.
+
+    Args:
+        sweeps: a sweep (`-m`): a comma, `range()`, `choice()`, `interval()` sweep a value as in
+            Hydra (quote a value that holds a comma); else a comma in a text value is part of it.
 
     Returns:
         The settings to hand to Hydra.
@@ -113,10 +163,10 @@ def _check_overrides(config_name: str, overrides: Sequence[str], config_dirs: Se
         key_text, _, raw = text.partition("=")
         try:
             parsed = parser.parse_override(text)
-            if parsed.is_sweep_override():
+            if parsed.is_sweep_override() and not sweeps:
                 if not _is_text(schema, key_text):
-                    raise UserError(f"{text}: expected one value; a comma makes a sweep, which these "
-                                    "scripts do not run (quote a value that holds a comma)")
+                    raise UserError(f"{text}: expected one value; a comma makes a sweep, which runs "
+                                    "with -m (quote a value that holds a comma)")
                 raise HydraException("a comma in a text value")
         except HydraException as e:
             if not _is_text(schema, key_text):
@@ -128,15 +178,17 @@ def _check_overrides(config_name: str, overrides: Sequence[str], config_dirs: Se
             parsed = parser.parse_override(text)
         out.append(text)
         key = parsed.key_or_group
-        if key.startswith("hydra.") or key == "hydra":
+        if key.startswith(("hydra.", "hydra/")) or key == "hydra":
             continue
         if parsed.package:
             raise UserError(f"{text}: packages (@) are not supported in settings")
         path = key.split(".")
         if len(path) == 1 and key in C.GROUPS and dataclasses.is_dataclass(_field_type(schema, key)):
             choices = _group_names(key, config_dirs)
-            value = parsed.value()
-            if isinstance(value, str) and value not in choices:
+            values = list(parsed.sweep_string_iterator()) if parsed.is_discrete_sweep() else [parsed.value()]
+            for value in values:
+                if not isinstance(value, str) or value in choices:
+                    continue
                 close = difflib.get_close_matches(value, choices, n=1)
                 hint = f"; did you mean {close[0]}?" if close else ""
                 raise UserError(f"{key}={value}: no such {key} config (available: {', '.join(choices)}"
@@ -171,7 +223,7 @@ def _field_type(cls: type, name: str) -> Any:
 _KIND = {"Float": "a number", "Integer": "an integer", "Boolean": "true or false", "String": "a string"}
 
 
-def _composition_error(e: BaseException) -> UserError:
+def composition_error(e: BaseException) -> UserError:
     """A Hydra/OmegaConf composition failure as one line naming the key."""
     cause: BaseException | None = e
     while cause is not None and not hasattr(cause, "full_key"):
@@ -229,33 +281,90 @@ def compose(config_name: str, overrides: Sequence[str] = (), config_dirs: Sequen
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
-    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    dirs = [Path(d).expanduser().resolve() for d in config_dirs]
-    for d in dirs:
-        if not d.is_dir():
-            raise UserError(f"--config-dir {d}: no such folder")
-    overrides = _check_overrides(config_name, overrides, dirs)
-    C.register_schemas()
-    # As Hydra's own --config-dir: the user's folders are searched after the shipped configs, so
-    # they add configs (model=mine) but cannot silently change what a shipped name means.
-    args = list(overrides)
-    if dirs:
-        given = [a for a in args if a.startswith("hydra.searchpath=")]
-        paths = [f"file://{p}" for p in dirs]
-        if given:
-            args.remove(given[0])
-            paths = [*OmegaConf.create({"x": given[0].split("=", 1)[1]}).x, *paths]
-        args.append("hydra.searchpath=[" + ",".join(f"'{p}'" for p in paths) + "]")
+    dirs = resolve_config_dirs(config_dirs)
+    overrides = check_overrides(config_name, overrides, dirs)
+    register_schemas()
+    args = [a for a in overrides if not a.startswith("hydra.searchpath=")] + searchpath_override(overrides, dirs)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name=config_name):
             cfg = hydra_compose(config_name, overrides=args)
     except (HydraException, OmegaConfBaseException, ValueError) as e:
-        raise _composition_error(e) from None
+        raise composition_error(e) from None
     finally:
         GlobalHydra.instance().clear()
+    return typed_config(config_name, cfg, usage)
+
+
+def resolve_config_dirs(dirs: Sequence[str | os.PathLike]) -> list[Path]:
+    """The user's `--config-dir` folders, resolved; a missing one is a UserError."""
+    out = [Path(d).expanduser().resolve() for d in dirs]
+    for d in out:
+        if not d.is_dir():
+            raise UserError(f"--config-dir {d}: no such folder")
+    return out
+
+
+def searchpath_override(overrides: Sequence[str], dirs: Sequence[Path]) -> list[str]:
+    """The `hydra.searchpath=[...]` setting that adds the user's config folders (none without).
+
+    As Hydra's own --config-dir: the user's folders are searched after the shipped configs, so
+    they add configs (model=mine) but cannot silently change what a shipped name means. A
+    `hydra.searchpath=` the user gave is kept, first.
+    """
+    from omegaconf import OmegaConf
+
+    given = [a for a in overrides if a.startswith("hydra.searchpath=")]
+    if not dirs:
+        return given[:1]
+    paths = [f"file://{p}" for p in dirs]
+    if given:
+        paths = [*OmegaConf.create({"x": given[0].split("=", 1)[1]}).x, *paths]
+    return ["hydra.searchpath=[" + ",".join(f"'{p}'" for p in paths) + "]"]
+
+
+_registered = False
+
+
+def register_schemas() -> None:
+    """The schemas in Hydra's ConfigStore, once per process (`waveglow.config.register_schemas`),
+    and the launcher plugins' settings as `schema/hydra_launcher_<name>`.
+
+    The shipped `hydra/launcher/<name>.yaml` extend the plugin's settings of the same name. Hydra
+    would also match a YAML against a ConfigStore entry of the same group and name (its
+    deprecated automatic schema matching, with a warning), so each such plugin entry is moved
+    under `schema/`, where the shipped YAML's defaults list takes it from. Plugins that are not
+    installed are skipped (`hydra/launcher=<name>` then says which extra installs them).
+    """
+    global _registered
+    if _registered:
+        return
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.plugins import Plugins
+
+    C.register_schemas()
+    Plugins.instance()  # discovers the installed plugins, which put their settings in the ConfigStore
+    cs = ConfigStore.instance()
+    launchers = cs.repo.get("hydra", {}).get("launcher", {})
+    for name in ("joblib", "submitit_local", "submitit_slurm"):
+        entry = launchers.pop(f"{name}.yaml", None)
+        if entry is not None:
+            cs.store(group="schema", name=f"hydra_launcher_{name}", node=entry.node, provider=entry.provider)
+    _registered = True
+
+
+def typed_config(config_name: str, cfg: Any, usage: str = "") -> Any:
+    """A composed config (OmegaConf, without its `hydra` node) as the script's typed, validated
+    settings: the one conversion of single runs and sweep jobs alike.
+
+    Raises:
+        UserError: a required key left unset, a wrong type, a value out of range.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
     missing = _missing_keys(cfg)
     if missing:
         need = " ".join(f"{k}=..." for k in missing)
@@ -264,7 +373,7 @@ def compose(config_name: str, overrides: Sequence[str] = (), config_dirs: Sequen
     try:
         typed = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as e:
-        raise _composition_error(e) from None
+        raise composition_error(e) from None
     if not isinstance(typed, C.APPS[config_name]):
         raise UserError(f"{config_name}.yaml: its defaults list must start with schema/{config_name}@_here_")
     return C.validate(typed)
@@ -327,7 +436,7 @@ def help_text(script: Script, config_dirs: Sequence[str | os.PathLike] = ()) -> 
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    C.register_schemas()
+    register_schemas()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name=script.config):
         raw = hydra_compose(script.config)
@@ -351,7 +460,15 @@ def help_text(script: Script, config_dirs: Sequence[str | os.PathLike] = ()) -> 
         out += ["", "examples:", *[f"  {e}" for e in script.examples]]
     out += ["", "Values with spaces, commas, parentheses or '=' are quoted: key='my file (1).wav'.",
             "--config-dir DIR adds a folder of your own YAML configs (e.g. DIR/model/mine.yaml -> model=mine).",
-            "--version prints the toolkit's version."]
+            "--cfg job prints the resolved, validated config and runs nothing."]
+    if script.sweep is not None:
+        out += [f"-m / --multirun runs a sweep: one job per combination of the swept values (key=a,b,c; "
+                f"range(); glob()), every job validated before any runs; each job's {script.sweep.dir_key} is "
+                f"<sweep dir>/<job number>-<overrides>; sweep_summary.csv/.json in the sweep dir.",
+                "  hydra.sweep.dir=DIR sets the sweep dir; hydra/launcher=basic (one after another) | joblib "
+                "(parallel local processes) | submitit_local | submitit_slurm (cluster.* settings); "
+                "hydra/sweeper=optuna searches (key=interval(a,b), key=choice(a,b)) for the best objective."]
+    out += ["--version prints the toolkit's version."]
     return "\n".join(out) + "\n"
 
 
@@ -367,11 +484,23 @@ class _Defaults:
 
 
 # ---------------------------------------------------------------------------------- entry point
-def parse_argv(argv: Sequence[str], name: str) -> tuple[list[str], list[str], str | None]:
-    """Split the command line into settings, `--config-dir` folders and an action (help/version)."""
+class Argv(NamedTuple):
+    """A console script's command line, split."""
+
+    settings: list[str]        # key=value
+    dirs: list[str]            # --config-dir folders
+    action: str | None         # help | version | None (run)
+    multirun: bool = False     # -m / --multirun: a sweep
+    show_config: bool = False  # --cfg job: print the resolved config, run nothing
+
+
+def parse_argv(argv: Sequence[str], name: str) -> Argv:
+    """Split the command line into settings, `--config-dir` folders, an action (help/version)
+    and the flags `-m`/`--multirun` and `--cfg job`."""
     settings: list[str] = []
     dirs: list[str] = []
     action = None
+    multirun = show_config = False
     args = list(argv)
     while args:
         arg = args.pop(0)
@@ -379,6 +508,13 @@ def parse_argv(argv: Sequence[str], name: str) -> tuple[list[str], list[str], st
             action = "help"
         elif arg == "--version":
             action = "version"
+        elif arg in ("-m", "--multirun"):
+            multirun = True
+        elif arg in ("--cfg", "-c") or arg.startswith("--cfg="):
+            what = arg.split("=", 1)[1] if "=" in arg else (args.pop(0) if args else "")
+            if what != "job":
+                raise UserError(f"--cfg {what}: expected --cfg job (prints the resolved, validated config)")
+            show_config = True
         elif arg in ("--config-dir", "-cd"):
             if not args:
                 raise UserError("--config-dir needs a folder: --config-dir DIR")
@@ -394,32 +530,59 @@ def parse_argv(argv: Sequence[str], name: str) -> tuple[list[str], list[str], st
             if "=" not in arg:
                 raise UserError(f"{arg!r}: expected a key=value setting; see {name} --help")
             settings.append(arg)
-    return settings, dirs, action
+    return Argv(settings, dirs, action, multirun, show_config)
 
 
 def app(script: Script) -> Callable[[Callable[[Any], Any]], Callable[[list[str] | None], Any]]:
-    """Turn `fn(cfg)` into the console script's `main(argv=None)`."""
+    """Turn `fn(cfg)` into the console script's `main(argv=None)`.
+
+    `fn` may raise `UserError` (exit 2), `Failed` (its code, 1) or `Stopped` (its code, after a
+    signal). The returned `main` carries `script` and `run` (`fn` with the process setup a
+    run needs), which each sweep job calls with its typed config.
+    """
 
     def decorate(fn: Callable[[Any], Any]) -> Callable[[list[str] | None], Any]:
+        def run(cfg: Any) -> Any:
+            return fn(cfg)
+
         def main(argv: list[str] | None = None) -> Any:
             setup_logging()
             try:
-                settings, dirs, action = parse_argv(sys.argv[1:] if argv is None else argv, script.name)
-                if action == "version":
+                args = parse_argv(sys.argv[1:] if argv is None else argv, script.name)
+                if args.action == "version":
                     print(f"waveglow {__version__}")
                     return None
-                if action == "help":
-                    sys.stdout.write(help_text(script, dirs))
+                if args.action == "help":
+                    sys.stdout.write(help_text(script, args.dirs))
                     return None
-                cfg = compose(script.config, settings, dirs, usage=f"{script.name} {script.usage}")
-                return fn(cfg)
+                if args.multirun:
+                    from waveglow.cli.sweep import run_sweep
+
+                    code = run_sweep(script, main, args.settings, args.dirs, show_config=args.show_config)
+                    if code:
+                        sys.exit(code)
+                    return None
+                cfg = compose(script.config, args.settings, args.dirs, usage=f"{script.name} {script.usage}")
+                if args.show_config:
+                    sys.stdout.write(resolved_yaml(cfg))
+                    return None
+                run(cfg)  # its result is for sweep jobs; a console script exits 0
+                return None
             except UserError as e:
                 fail(str(e))
+            except Failed as e:
+                fail(str(e), e.code)
+            except Stopped as e:
+                sys.exit(e.code)
             except KeyboardInterrupt:
                 print("interrupted", file=sys.stderr)
                 sys.exit(130)
 
         main.__doc__ = fn.__doc__
+        # Where sweep jobs find it again (they import it by name in their own processes).
+        main.__module__, main.__name__, main.__qualname__ = fn.__module__, fn.__name__, fn.__qualname__
+        main.script = script  # type: ignore[attr-defined]
+        main.run = run  # type: ignore[attr-defined]
         return main
 
     return decorate

@@ -4,15 +4,17 @@ Exit status: 0 finished; 2 bad settings or input (one `error:` line); 1 training
 on (checkpoint write failed, diverged beyond the guards; the checkpoints on disk are intact);
 143 after SIGTERM and 130 after SIGINT/Ctrl-C, each once a final last.pt was written —
 re-running the same command resumes.
+
+`-m` runs a sweep (waveglow.cli.sweep): every job its own run directory
+`<sweep dir>/<job number>-<overrides>`, the job's objective its best validation
+log-likelihood; exit status 0 when every job completed, 1 when one failed.
 """
 
 from __future__ import annotations
 
-import sys
-
-from waveglow.cli.common import Script, app
+from waveglow.cli.common import Failed, Script, Stopped, Sweep, app
 from waveglow.config import TrainApp
-from waveglow.train import TrainingError, train
+from waveglow.train import TrainingError, TrainResult, train
 
 SCRIPT = Script(
     name="waveglow-train", config="waveglow_train",
@@ -23,17 +25,20 @@ SCRIPT = Script(
     examples=("waveglow-train data=demo model=tiny train=demo",
               "waveglow-train data=ljspeech model=waveglow_256 run_dir=checkpoints/lj256",
               "waveglow-train data=folder data.root=/data/my_voice model=squeeze train.batch_size=8",
-              "torchrun --standalone --nproc_per_node=8 .venv/bin/waveglow-train data=ljspeech"),
+              "torchrun --standalone --nproc_per_node=8 .venv/bin/waveglow-train data=ljspeech",
+              "waveglow-train -m data=demo model=tiny,squeeze train.lr=1e-4,5e-5 hydra/launcher=joblib"),
+    sweep=Sweep(dir_key="run_dir", default_dir=lambda cfg, stamp: f"checkpoints/sweeps/{stamp}",
+                objective=lambda result: result.best_val_log_likelihood),
 )
 
 
 @app(SCRIPT)
-def main(cfg: TrainApp) -> None:
+def main(cfg: TrainApp) -> TrainResult:
     """Train the model of `cfg` on its data (see waveglow.train)."""
     try:
         result = train(cfg)
     except TrainingError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(1)
+        raise Failed(str(e)) from None
     if result.exit_code:
-        sys.exit(result.exit_code)
+        raise Stopped(result.exit_code)
+    return result

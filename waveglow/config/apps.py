@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from waveglow.config.cluster import ClusterConfig
 from waveglow.config.groups import AudioConfig, DataConfig, ModelConfig, TrainConfig
 from waveglow.config.schema import MISSING, setting
 
@@ -42,6 +43,7 @@ class TrainApp:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run_dir: str | None = setting(None, "run directory (null: checkpoints/<data>-<model>-<time>)")
+    cluster: ClusterConfig = setting(factory=ClusterConfig, help="SLURM resources of hydra/launcher=submitit_slurm")
 
 
 @dataclass
