@@ -3,6 +3,12 @@
 Runs in worker processes (or in-process for one worker). A clip's mel is computed from its
 audio, or, with paired mels (`data.mel_dir`), read from its paired file and fitted to the
 audio's frame count; either way it is written to the cache, or the valid cached copy is reused.
+
+A cached mel is valid while its sources are the files it was made from: the size and
+modification time (ns) of the audio and of the paired mel, recorded in the manifest when the
+mel was made, must still be what `os.stat` says (a file regenerated in place, even with an
+older time, is noticed). Rows of manifests written before these were recorded fall back, once,
+to the older rule: the cached mel must be newer than its sources.
 """
 
 from __future__ import annotations
@@ -34,6 +40,10 @@ class ClipTask:
     not_before_ns: int       # a cached mel older than this (features or source changed) is stale
     paired_path: str = ""    # the paired mel (data.mel_dir), "" for mels computed from the audio
     tolerance: int = MEL_FRAME_TOLERANCE
+    # [size, mtime ns] of the sources when the cached mel was made (the manifest's audio_stat /
+    # paired_stat); None: not recorded (an older manifest, or a clip not cached before).
+    recorded_audio: tuple[int, int] | None = None
+    recorded_paired: tuple[int, int] | None = None
 
 
 class ClipProcessor:
@@ -41,8 +51,9 @@ class ClipProcessor:
 
     The result is a dict: id, path, reused, and either `bad` (why the clip is unusable) or
     `fatal` (a paired mel that makes the whole run wrong, e.g. another channel count) or
-    file_rate, n_samples, n_frames, stats (count, mean, m2 of the clip's mel frames) and, for
-    paired mels, frame_diff (paired frames - frames the audio needs).
+    file_rate, n_samples, n_frames, stats (count, mean, m2 of the clip's mel frames),
+    audio_stat ([size, mtime ns] of the audio, taken before it was read) and, for paired mels,
+    paired_stat and frame_diff (paired frames - frames the audio needs).
     """
 
     def __init__(self, features: Mapping[str, Any]) -> None:
@@ -51,11 +62,15 @@ class ClipProcessor:
 
     def __call__(self, task: ClipTask) -> dict[str, Any]:
         out: dict[str, Any] = {"id": task.clip_id, "path": task.audio_path, "reused": False}
+        # Stat before reading: a file replaced while it is read shows as changed at the next start.
+        out["audio_stat"] = source_stat(task.audio_path)
+        if task.paired_path:
+            out["paired_stat"] = source_stat(task.paired_path)
         try:
             info = sf.info(task.audio_path)
             out["file_rate"] = int(info.samplerate)
             n = resampled_length(int(info.frames), int(info.samplerate), self.sampling_rate)
-            mel = self._reuse(task, n) if task.may_reuse else None
+            mel = self._reuse(task, n, out) if task.may_reuse else None
             reused = mel is not None
             if not reused:  # decode: the audio must be usable whichever mel conditions it
                 audio = load_audio(task.audio_path, self.sampling_rate, warn=lambda *_: None)
@@ -103,17 +118,25 @@ class ClipProcessor:
         out["frame_diff"] = int(mel.shape[1]) - need
         return fit_frames(mel, need)
 
-    def _reuse(self, task: ClipTask, n: int) -> torch.Tensor | None:
-        """The cached mel if it exists, is newer than its sources and the settings, and fits the clip."""
+    def _reuse(self, task: ClipTask, n: int, out: Mapping[str, Any]) -> torch.Tensor | None:
+        """The cached mel if it exists, was made from the sources as they are now (recorded size
+        and mtime; newer than them for rows without a record) and after the settings, and fits."""
         try:
             st = os.stat(task.mel_path)
         except FileNotFoundError:
             return None
-        sources = [task.not_before_ns, os.stat(task.audio_path).st_mtime_ns]
-        if task.paired_path:
-            sources.append(os.stat(task.paired_path).st_mtime_ns)
-        if st.st_mtime_ns < max(sources):
+        if st.st_mtime_ns < task.not_before_ns:
             return None
+        now = [(task.recorded_audio, out["audio_stat"])]
+        if task.paired_path:
+            now.append((task.recorded_paired, out.get("paired_stat")))
+        for recorded, current in now:
+            if current is None:
+                return None
+            if recorded is not None and list(recorded) != current:
+                return None  # regenerated or replaced since the mel was made
+            if recorded is None and st.st_mtime_ns < current[1]:
+                return None  # no record (older manifest): the cached mel must be the newer file
         try:
             mel = load_mel(task.mel_path, self.mel.n_mels)
         except UserError:
@@ -136,6 +159,18 @@ def _reason(e: UserError, path: str) -> str:
     """A UserError message without the leading '<path>: '."""
     msg = str(e)
     return msg[len(path) + 2:] if msg.startswith(f"{path}: ") else msg
+
+
+def source_stat(path: str | os.PathLike) -> list[int] | None:
+    """[size in bytes, modification time in ns] of a source file, or None when it is gone.
+
+    What the manifest records per source and what every start compares (one `stat`, no read).
+    """
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return [int(st.st_size), int(st.st_mtime_ns)]
 
 
 # The worker processes' processor, set once by the pool initializer (one per process).

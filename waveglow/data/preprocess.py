@@ -6,6 +6,14 @@ the usable clips in `manifest.jsonl`, the unusable files in `bad_files.tsv`, dra
 from the usable clips (first time only) and writes the per-channel statistics of the training
 split to `stats.pt`. `load_stats` reads those statistics (computing them first when they are
 missing or stale).
+
+The manifest records, per clip, the size and modification time (ns) of its audio and of its
+paired mel. Every start (`load_stats`, so every `waveglow-train`) compares them with one `stat`
+per source, reading nothing: a source that changed makes the corpus be preprocessed again, which
+recomputes that clip's mel only, and a source that is gone makes its clip unusable, listed in
+`bad_files.tsv` and the log. A manifest without these records (written by an older version) is
+treated as unknown: the next start preprocesses once, reusing each cached mel that is newer than
+its sources (the older rule) and recording sizes and times from then on.
 """
 
 from __future__ import annotations
@@ -24,12 +32,13 @@ from tqdm import tqdm
 
 from waveglow.config import AudioConfig, DataConfig
 from waveglow.data.audio import warn_once_per_rate
-from waveglow.data.clipwork import ClipTask, process_clips
+from waveglow.data.clipwork import ClipTask, process_clips, source_stat
 from waveglow.data.corpus import (
     SPLITS,
     BadFile,
     Corpus,
     cache_dir,
+    corpus_root,
     discover_corpus,
     ensure_splits,
     read_splits,
@@ -173,7 +182,8 @@ def _write_bad_files(path: Path, bad: Sequence[BadFile]) -> None:
 
 
 def read_manifest(cache: Path) -> dict[str, dict[str, Any]]:
-    """The rows of `<cache>/manifest.jsonl` by clip id (id, split, path, mel, n_samples, n_frames, file_rate)."""
+    """The rows of `<cache>/manifest.jsonl` by clip id (id, split, path, mel, n_samples, n_frames,
+    file_rate, audio_stat [size, mtime ns]; with paired mels also paired and paired_stat)."""
     rows = {}
     for line in (cache / "manifest.jsonl").read_text(encoding="utf-8").splitlines():
         if line.strip():
@@ -234,17 +244,23 @@ def preprocess_corpus(cfg: CorpusSettings, *, num_workers: int | None = None, pr
     clips = corpus.by_id()
     split_of, bad = _split_of(corpus, written) if written is not None else ({}, [])
     bad = list(corpus.bad) + bad
+    recorded = _recorded_stats(cache, corpus.root) if reuse else {}
     tasks = []
     for cid in sorted(clips):  # every clip, listed or not: bad_files.tsv names all unusable files
         paired = find_paired_mel(pairs, cid) if pairs is not None else None
         if pairs is not None and paired is None:
             bad.append(BadFile(str(clips[cid].path), missing_reason(pairs, cid), cid))
             continue
+        # The recorded sizes and times count only for the same files (an id may now be a .flac).
+        rec = recorded.get(cid)
+        same = rec is not None and rec[0] == (_resolved(clips[cid].path), _resolved(paired) if paired else "")
+        audio_rec, paired_rec = (rec[1], rec[2]) if same else (None, None)
         tasks.append(ClipTask(cid, str(clips[cid].path), str(mel_dir / f"{cid}.pt"), reuse, not_before,
-                              str(paired or "")))
+                              str(paired or ""), recorded_audio=audio_rec, recorded_paired=paired_rec))
     if tasks and tasks[0].paired_path:
         load_mel(tasks[0].paired_path, n_mels)  # fail fast on another channel count, naming the file
 
+    by_id_task = {t.clip_id: t for t in tasks}
     workers = int(num_workers or data_cfg.num_workers or available_cores())
     workers = max(1, min(workers, len(tasks)))
     report = PreprocessReport(cache_dir=cache, n_clips=len(clips), workers=workers, paired_dir=pairs)
@@ -276,9 +292,13 @@ def preprocess_corpus(cfg: CorpusSettings, *, num_workers: int | None = None, pr
             report.n_padded += diff < 0
             report.max_frame_diff = max(report.max_frame_diff, abs(diff))
             clip_stats[res["id"]] = res["stats"]
-            rows.append({"id": res["id"], "path": _relative(Path(res["path"]), corpus.root),
-                         "mel": f"mels/{res['id']}.pt", "n_samples": res["n_samples"],
-                         "n_frames": res["n_frames"], "file_rate": res["file_rate"]})
+            row = {"id": res["id"], "path": _relative(Path(res["path"]), corpus.root),
+                   "mel": f"mels/{res['id']}.pt", "n_samples": res["n_samples"],
+                   "n_frames": res["n_frames"], "file_rate": res["file_rate"], "audio_stat": res["audio_stat"]}
+            if "paired_stat" in res:
+                row["paired"] = _resolved(by_id_task[res["id"]].paired_path)
+                row["paired_stat"] = res["paired_stat"]
+            rows.append(row)
     report.wall_seconds = time.perf_counter() - t_mels
     report.bad = sorted(bad, key=lambda b: b.path)
     report.report_path = cache / "bad_files.tsv"
@@ -314,6 +334,71 @@ def preprocess_corpus(cfg: CorpusSettings, *, num_workers: int | None = None, pr
     return report
 
 
+def _recorded_stats(cache: Path, root: Path) -> dict[str, tuple[tuple[str, str], Any, Any]]:
+    """Per clip id in the current manifest: ((audio path, paired path), audio_stat, paired_stat),
+    the stats as tuples or None where not recorded. Empty without a readable manifest."""
+    try:
+        rows = read_manifest(cache)
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    out = {}
+    for cid, r in rows.items():
+        audio = Path(r["path"]) if Path(r["path"]).is_absolute() else root / r["path"]
+        stats = [tuple(r[k]) if isinstance(r.get(k), list) and len(r[k]) == 2 else None
+                 for k in ("audio_stat", "paired_stat")]
+        out[cid] = ((_resolved(audio), str(r.get("paired", ""))), stats[0], stats[1])
+    return out
+
+
+def _resolved(path: str | Path) -> str:
+    return str(Path(path).resolve())
+
+
+def stale_sources(cfg: CorpusSettings) -> str | None:
+    """Why the cached mels no longer match their sources, or None when every source is as recorded.
+
+    One `os.stat` per audio file and paired mel listed in the manifest; nothing is read. A
+    manifest without recorded sizes and times (an older version's) counts as stale once.
+
+    Args:
+        cfg: config with `audio` and `data` blocks.
+
+    Returns:
+        None, or a one-line reason naming how many sources changed or vanished (with an example).
+    """
+    cache = cache_dir(cfg.data)
+    try:
+        rows = read_manifest(cache)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # no manifest: the caller's other checks decide
+    root = corpus_root(cfg.data)
+    changed: list[str] = []
+    vanished: list[str] = []
+    unknown = 0
+    for r in rows.values():
+        audio = Path(r["path"]) if Path(r["path"]).is_absolute() else root / r["path"]
+        sources = [(audio, r.get("audio_stat"))]
+        if "paired" in r:
+            sources.append((Path(r["paired"]), r.get("paired_stat")))
+        for path, recorded in sources:
+            if not isinstance(recorded, list):
+                unknown += 1
+                continue
+            now = source_stat(path)
+            if now is None:
+                vanished.append(str(path))
+            elif now != recorded:
+                changed.append(str(path))
+    parts = []
+    if changed:
+        parts.append(f"{len(changed)} changed (e.g. {changed[0]})")
+    if vanished:
+        parts.append(f"{len(vanished)} gone (e.g. {vanished[0]})")
+    if unknown:
+        parts.append(f"{unknown} without a recorded size and time (a manifest of an older version)")
+    return f"sources of cached mels: {'; '.join(parts)}" if parts else None
+
+
 def _relative(path: Path, root: Path) -> str:
     try:
         return path.relative_to(root).as_posix()
@@ -326,8 +411,9 @@ def load_stats(cfg: CorpusSettings, *, compute_if_missing: bool = True, num_work
     """Per-channel log-mel mean and std of the training split.
 
     Read from `<cache_dir>/stats.pt`; when that is missing, stale (other audio settings, another
-    `data.mel_dir`, splits missing or edited since) or damaged, the corpus is preprocessed first
-    (which also fills the mel cache). With paired mels these are the paired mels' statistics.
+    `data.mel_dir`, splits missing or edited since, an audio file or paired mel changed or gone
+    since its mel was cached: `stale_sources`) or damaged, the corpus is preprocessed first
+    (which also refreshes the mel cache). With paired mels these are the paired mels' statistics.
 
     Args:
         cfg: config with `audio` and `data` blocks.
@@ -341,6 +427,7 @@ def load_stats(cfg: CorpusSettings, *, compute_if_missing: bool = True, num_work
     path = cache / "stats.pt"
     features = cache_settings(cfg)
     train_list = split_files(cfg.data)["train"]
+    stale = None
     if not path.is_file():
         problem = "not found"
     elif not features_match(cache, features):
@@ -350,11 +437,16 @@ def load_stats(cfg: CorpusSettings, *, compute_if_missing: bool = True, num_work
     elif train_list.stat().st_mtime_ns > path.stat().st_mtime_ns:
         problem = f"older than {train_list} (the training split changed)"
     else:
-        problem = _check_stats(path, features["n_mels"])
+        stale = stale_sources(cfg)
+        problem = stale or _check_stats(path, features["n_mels"])
     if problem:
         if not compute_if_missing:
             raise UserError(f"{path.absolute()}: {problem}; run waveglow-preprocess data={cfg.data.name}")
-        log.info("%s: %s; preprocessing the corpus to compute them", path, problem)
+        if stale:  # the user changed files under a cache: say so, it is not routine
+            log.warning("%s: %s; preprocessing again (changed clips are recomputed, gone ones listed in %s)",
+                        cache, stale, cache / "bad_files.tsv")
+        else:
+            log.info("%s: %s; preprocessing the corpus to compute them", path, problem)
         preprocess_corpus(cfg, num_workers=num_workers, progress=progress)
         problem = _check_stats(path, features["n_mels"])
         if problem:  # pragma: no cover - preprocess_corpus just wrote it
