@@ -9,6 +9,9 @@
    outside it (absolute paths, `..`, links pointing out, device files), then rename the corpus
    folder into place, so an interrupted extraction never looks like a finished corpus;
 4. leave a completion marker in the corpus folder so a second run does nothing.
+
+`fetch` (steps 1-2 with an optional checksum and size) is the one HTTP download of the toolkit:
+the pretrained-model cache (`waveglow.pretrained`) uses it too.
 """
 
 from __future__ import annotations
@@ -44,6 +47,11 @@ log = logging.getLogger("waveglow")
 MARKER = ".download-complete.json"
 CHUNK = 1 << 20
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+class Unreachable(UserError):
+    """The server could not be reached (no network, refused, timed out): callers that have a
+    better next step to offer (e.g. an offline cache) catch this one."""
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = CHUNK) -> str:
@@ -88,7 +96,7 @@ def _open(url: str, offset: int, timeout: float) -> tuple[IO[bytes], int | None,
         raise UserError(f"{url}: HTTP {e.code} {e.reason}") from e
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
-        raise UserError(f"{url}: cannot connect ({reason}); check the URL or your network and rerun") from e
+        raise Unreachable(f"{url}: cannot connect ({reason}); check the URL or your network and rerun") from e
 
     length = response.headers.get("Content-Length")
     length = int(length) if length and length.isdigit() else None
@@ -105,40 +113,62 @@ def _open(url: str, offset: int, timeout: float) -> tuple[IO[bytes], int | None,
 
 def download(url: str, dest: str | os.PathLike, sha256: str, *, retries: int = 3, timeout: float = 60.0,
              progress: bool = True) -> Path:
-    """Download `url` to `dest`, resuming `<dest>.part`, and verify its sha256.
-
-    Args:
-        url: http(s)://, file:// or a plain local path.
-        dest: final archive path; written only once the checksum matches.
-        sha256: expected hex digest (64 characters).
-        retries: how many times an interrupted transfer is resumed before giving up.
-        timeout: socket timeout in seconds.
-        progress: show a tqdm bar (bytes).
+    """Download `url` to `dest`, resuming `<dest>.part`, and verify its sha256 (see `fetch`).
 
     Returns:
         `dest`.
+    """
+    fetch(url, dest, sha256=sha256, retries=retries, timeout=timeout, progress=progress)
+    return Path(dest)
+
+
+def fetch(url: str, dest: str | os.PathLike, *, sha256: str | None = None, size: int | None = None,
+          setting: str = "data.download", retries: int = 3, timeout: float = 60.0,
+          progress: bool = True) -> str:
+    """Download `url` to `dest`, resuming `<dest>.part`, checking its size and sha256.
+
+    Args:
+        url: http(s)://, file:// or a plain local path.
+        dest: final file path; written only once the checks pass.
+        sha256: expected hex digest (64 characters), or None when none is published (the
+            digest is returned for the caller to record).
+        size: expected size in bytes, or None. A server announcing another size is refused
+            before anything is downloaded.
+        setting: the settings prefix the error messages name (`data.download`, `pretrained`).
+        retries: how many times an interrupted transfer is resumed before giving up.
+        timeout: socket timeout in seconds, for the connection and for each read alike.
+        progress: show a tqdm bar (bytes).
+
+    Returns:
+        The hex sha256 of the file now at `dest`.
 
     Raises:
-        UserError: bad URL/checksum string, unreachable server, or a checksum mismatch (the
-        downloaded file is deleted first). An interrupted transfer that used up its retries
-        keeps `<dest>.part` so the next run resumes it.
+        Unreachable: the server cannot be reached (no network, refused, timed out).
+        UserError: bad URL/checksum string, a size or checksum mismatch (the downloaded file is
+            deleted first). An interrupted transfer that used up its retries keeps
+            `<dest>.part` so the next run resumes it.
     """
     dest = Path(dest)
-    expected = _check_sha256(sha256)
+    expected = _check_sha256(sha256, setting) if sha256 is not None else None
     if "://" not in url:
         url = Path(url).resolve().as_uri()
     scheme = urllib.parse.urlparse(url).scheme
     if scheme not in ("http", "https", "file"):
-        raise UserError(f"data.download.url: expected an http(s)://, file:// URL or a path, got {url!r}")
-    _make_dir(dest.parent, "data.download.archive")
+        raise UserError(f"{setting}.url: expected an http(s)://, file:// URL or a path, got {url!r}")
+    _make_dir(dest.parent, f"{setting}.archive" if setting == "data.download" else setting)
     part = dest.with_name(dest.name + ".part")
 
     for attempt in range(retries + 1):
         offset = part.stat().st_size if part.exists() else 0
         stream, total, start = _open(url, offset, timeout)
+        if size is not None and total is not None and total != size:
+            stream.close()
+            part.unlink(missing_ok=True)
+            raise UserError(f"{url}: the server offers {total} bytes, {setting}.size pins {size}; "
+                            "nothing downloaded (check the URL and the size)")
         digest = hashlib.sha256()
         if start > 0:
-            log.info("resuming %s at %.1f MB", part, start / 1e6)
+            log.info("resuming %s at %.1f MiB", part, start / 2**20)
             with open(part, "rb") as f:  # the digest must cover the bytes already on disk
                 while block := f.read(CHUNK):
                     digest.update(block)
@@ -166,23 +196,28 @@ def download(url: str, dest: str | os.PathLike, sha256: str, *, retries: int = 3
             break
         if attempt == retries:
             raise UserError(f"{url}: download interrupted ({error}); {part} keeps the "
-                            f"{received / 1e6:.1f} MB received so far, rerun to resume") from error
+                            f"{received / 2**20:.1f} MiB received so far, rerun to resume") from error
         log.warning("download interrupted (%s); resuming (%d/%d)", error, attempt + 1, retries)
         time.sleep(min(2.0**attempt, 10.0))
 
+    if size is not None and received != size:
+        part.unlink(missing_ok=True)
+        raise UserError(f"{url}: size mismatch: expected {size} bytes ({setting}.size), got {received}; "
+                        f"deleted the downloaded file {part}")
     got = digest.hexdigest()
-    if got != expected:
+    if expected is not None and got != expected:
         part.unlink(missing_ok=True)
         raise UserError(f"{url}: sha256 mismatch: expected {expected}, got {got}; deleted the "
-                        f"downloaded file {part} (check data.download.url / data.download.sha256)")
+                        f"downloaded file {part} (check {setting}.url / {setting}.sha256)")
     os.replace(part, dest)
-    log.info("downloaded %s (%.1f MB, sha256 verified)", dest, received / 1e6)
-    return dest
+    log.info("downloaded %s (%.1f MiB, %s)", dest, received / 2**20,
+             "sha256 verified" if expected is not None else f"sha256 {got}, no published checksum to check")
+    return got
 
 
-def _check_sha256(sha256: Any) -> str:
+def _check_sha256(sha256: Any, setting: str = "data.download") -> str:
     if not isinstance(sha256, str) or not _SHA256.match(sha256.strip()):
-        raise UserError(f"data.download.sha256: expected 64 hex digits, got {sha256!r}")
+        raise UserError(f"{setting}.sha256: expected 64 hex digits, got {sha256!r}")
     return sha256.strip().lower()
 
 
