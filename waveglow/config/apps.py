@@ -188,6 +188,36 @@ class ExportApp:
     opset: int = setting(17, "ONNX opset", min=13)
 
 
+EVAL_METRICS = ("log_likelihood", "mel_l1", "mr_stft", "pesq", "stoi", "estoi", "f0_rmse", "vuv_error", "mcd", "rtf")
+
+
+@dataclass
+class EvalApp:
+    """waveglow-eval: objective metrics of checkpoints on held-out clips, next to baselines."""
+
+    checkpoint: Any = setting(MISSING, "a checkpoint, a list [a.pt,b.pt], or a run directory (every step_<N>.pt "
+                              "in step order, then best.pt)")
+    data: DataConfig = field(default_factory=DataConfig)
+    split: str = setting("test", "the corpus split to evaluate (without input=)", choices=("val", "test"))
+    input: Any = setting(None, "WAV/FLAC clips instead of a corpus split: a file, folder, glob or filelist")
+    output_dir: str = setting(MISSING, "gets metrics.csv, summary.json, report.html, wavs/ and images/")
+    max_files: int | None = setting(None, "evaluate the first N clips (null: all)", min=1)
+    metrics: list[str] = setting(factory=lambda: list(EVAL_METRICS), help="metrics to compute",
+                                 choices=EVAL_METRICS)
+    baselines: list[str] = setting(factory=lambda: ["ground_truth", "griffin_lim"],
+                                   help="ground_truth (ceilings) | griffin_lim (32 iterations) | noise (floor)",
+                                   choices=("ground_truth", "griffin_lim", "noise"))
+    sigma: float = setting(0.6, "std of the latent noise, as waveglow-synthesize", min=0)
+    seed: int = setting(0, "each clip's noise is seeded from (seed, clip name), as waveglow-synthesize", min=0)
+    device: str = setting("auto", "auto (CUDA when available) | cpu | cuda | cuda:N")
+    precision: str = setting("fp32", "fp32 | fp16 | bf16", choices=("fp32", "fp16", "bf16"))
+    chunk_frames: int = setting(1024, "longer inputs are synthesized in pieces of this many frames", min=1)
+    workers: int | None = setting(None, "metric processes (null: one per core; 0: in the main process)", min=0)
+    tensorboard: bool = setting(True, "with a run directory: write eval/<metric> into its event files")
+    report: bool = setting(True, "write report.html (players and log-mel images)")
+    progress: bool = setting(True, "progress bars on a terminal")
+
+
 # config name (configs/<name>.yaml) -> its schema
 APPS: dict[str, type] = {
     "waveglow_mel": MelApp,
@@ -202,5 +232,6 @@ APPS: dict[str, type] = {
     "waveglow_enhance": EnhanceApp,
     "waveglow_convert": ConvertApp,
     "waveglow_export": ExportApp,
+    "waveglow_eval": EvalApp,
 }
 GROUPS: dict[str, type] = {"audio": AudioConfig, "data": DataConfig, "model": ModelConfig, "train": TrainConfig}
