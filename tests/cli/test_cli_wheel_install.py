@@ -41,6 +41,7 @@ def wheel_install(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]
     (wheel,) = (tmp / "dist").glob("waveglow-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "waveglow/configs/waveglow_train.yaml" in names and "waveglow/configs/model/tiny.yaml" in names
+    assert "waveglow/configs/hydra/launcher/submitit_slurm.yaml" in names  # three levels down
     assert not any(n.startswith(("tests/", "configs/")) for n in names)
     target = tmp / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),

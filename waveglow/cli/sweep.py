@@ -25,7 +25,6 @@ import importlib
 import io
 import json
 import logging
-import os
 import sys
 import time
 import uuid
@@ -347,11 +346,14 @@ def rows(p: Plan, token: str) -> list[dict[str, Any]]:
 
 # -------------------------------------------------------------------------------------- job
 def _rank() -> int:
-    """This process's rank in a multi-task job (SLURM's task id, torchrun's RANK), else 0."""
-    for var in ("RANK", "SLURM_PROCID"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    return 0
+    """This process's rank in a job of several tasks (a SLURM job step, torchrun), else 0: only
+    rank 0 records how the job ended."""
+    from waveglow.train.launch import read_launch
+
+    try:
+        return read_launch().rank
+    except UserError:
+        return 0  # a launcher variable that does not parse: the job itself reports it
 
 
 @dataclass
