@@ -70,7 +70,7 @@ def test_overrides_reach_the_typed_config() -> None:
                     "did you mean tiny?)"),
     ("train.guard.lr_factor=2", "train.guard.lr_factor=2.0: expected a number in (0, 1]"),
     ("model.n_group=7", "model.n_group=7: expected an even number"),
-    ("train.max_steps=1,2", "train.max_steps=1,2: expected one value"),
+    ("train.max_steps=1,2", "train.max_steps=1,2: expected one value; a comma makes a sweep, which runs with -m"),
     ("data.short_clip_policy=pad", "data.short_clip_policy=pad: expected one of noise, repeat, drop"),
 ])
 def test_bad_settings_are_refused_by_name(setting: str, message: str) -> None:
@@ -166,6 +166,16 @@ def test_a_users_config_dir_adds_configs(tmp_path: Path) -> None:
     (mine / "model" / "broken.yaml").write_text("defaults:\n  - /schema/model@_here_\n  - _self_\nn_flowz: 2\n")
     broken = run_cli("waveglow-train", "--config-dir", str(mine), "model=broken", "data=demo", check=False)
     assert broken.returncode == 2 and "n_flowz" in broken.stderr and "Traceback" not in broken.stderr
+
+
+def test_hydra_settings_pass_to_hydra_and_the_cluster_block_is_typed() -> None:
+    cfg = compose("waveglow_train", "data=demo", "hydra/launcher=submitit_slurm", "hydra.job.name=x",
+                  "cluster.nodes=2", "cluster.gpus_per_node=8")
+    assert (cfg.cluster.nodes, cfg.cluster.gpus_per_node, cfg.cluster.partition) == (2, 8, None)
+    with pytest.raises(UserError, match=r"^cluster.nodes=0: expected an integer >= 1$"):
+        compose("waveglow_train", "data=demo", "cluster.nodes=0")
+    with pytest.raises(UserError, match=r"unknown setting 'cluster.gpu_per_node' \(did you mean cluster.gpus_per_node\?\)"):
+        compose("waveglow_train", "data=demo", "cluster.gpu_per_node=8")
 
 
 @pytest.mark.parametrize("path", ["my data (1)/x", "a,b/c", "k=v/d", "sp ace/[x]"])
