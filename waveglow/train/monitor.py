@@ -7,18 +7,26 @@ Tags (what the user sees in TensorBoard):
     train/log_likelihood, val/log_likelihood   nats per audio sample, higher is better
     train/nll, train/lr, train/grad_norm, train/samples_per_sec (audio samples/s, global),
     train/skipped_steps (cumulative)
-    logdet/flow_<k>/log_s   sum of log s of coupling k, per audio sample
-    logdet/flow_<k>/W       log|det W| of 1x1 conv k, per audio sample
-    logdet/flow_<k>/W_cond  condition number of W of 1x1 conv k
-    audio/val_<i>           a validation clip resynthesized from its mel at the inference sigma
-    mel/val_<i>             image: target mel (top) over the resynthesized clip's mel (bottom)
-    val/mel_l1, val/mr_stft  distance of those clips from their originals (lower is better)
+    val/mel_l1, val/mr_stft  distance of the resynthesized val clips from their originals
     val/mel_l1_griffinlim, val/mr_stft_griffinlim  the same for Griffin-Lim (a reference line)
+    val_mel/val_<i>         image: target mel (top) over the resynthesized clip's mel (bottom)
+    zz_logdet/flow_<k>/log_s   sum of log s of coupling k, per audio sample
+    zz_logdet/flow_<k>/W       log|det W| of 1x1 conv k, per audio sample
+    zz_logdet/flow_<k>/W_cond  condition number of W of 1x1 conv k
+    audio/val_<i>           a validation clip resynthesized from its mel at the inference sigma
     audio/val_<i>_target, audio/val_<i>_griffinlim  the original clip and its Griffin-Lim copy
     hparams                 the run's settings, linked to val/log_likelihood
 
-The CUSTOM SCALARS tab (`LAYOUT`) opens on what matters: train and val log-likelihood on one
-chart, the quality figures on the next, the per-flow log-det groups after them.
+TensorBoard's default tab (TIME SERIES, and SCALARS too) groups charts by the tag's first path
+part and sorts the groups by code point, so the names above are chosen for that order: `train`,
+`val` (likelihoods and quality), then `val_mel` (images), then the per-flow log-dets under
+`zz_logdet` (until this version `logdet/...`; images were `mel/val_<i>`), which otherwise came
+first with a dozen charts. The CUSTOM SCALARS tab (`LAYOUT`) opens on train and val
+log-likelihood on one chart, the quality figures on the next, the log-det groups after them.
+
+Event files are written directly into the run directory, so TensorBoard names a run after its
+directory when `--logdir` is the folder that holds the runs (`make tensorboard`: checkpoints/);
+pointed at a run directory itself it would name the run ".".
 """
 
 from __future__ import annotations
@@ -38,6 +46,9 @@ _RAMP = np.array(
 )
 
 
+# The log-dets' tag prefix: after `train` and `val` in TensorBoard's code-point order of groups.
+LOGDET_PREFIX = "zz_logdet"
+
 # TensorBoard's custom_scalars layout: {category: {chart title: ["Multiline", [tag regexes]]}},
 # shown in this order.
 LAYOUT: dict[str, dict[str, list]] = {
@@ -51,14 +62,23 @@ LAYOUT: dict[str, dict[str, list]] = {
                                                                                 "val/mr_stft_griffinlim"]],
     },
     "3 log-determinants per flow": {
-        "coupling log s per sample": ["Multiline", [r"logdet/flow_\d+/log_s"]],
-        "1x1 conv log|det W| per sample": ["Multiline", [r"logdet/flow_\d+/W$"]],
-        "1x1 conv condition number": ["Multiline", [r"logdet/flow_\d+/W_cond"]],
+        "coupling log s per sample": ["Multiline", [rf"{LOGDET_PREFIX}/flow_\d+/log_s"]],
+        "1x1 conv log|det W| per sample": ["Multiline", [rf"{LOGDET_PREFIX}/flow_\d+/W$"]],
+        "1x1 conv condition number": ["Multiline", [rf"{LOGDET_PREFIX}/flow_\d+/W_cond"]],
     },
     "4 optimization": {
         "train NLL (nats/sample)": ["Multiline", ["train/nll"]],
         "gradient norm": ["Multiline", ["train/grad_norm"]],
         "skipped steps": ["Multiline", ["train/skipped_steps", "train/recoveries"]],
+    },
+    # Written by waveglow-eval on a run directory: each checkpoint's test-set means at its step.
+    "5 evaluation (waveglow-eval, per checkpoint)": {
+        "PESQ wide-band (higher is better)": ["Multiline", ["eval/pesq"]],
+        "STOI / extended STOI (higher is better)": ["Multiline", ["eval/stoi", "eval/estoi"]],
+        "F0 RMSE (cents) and V/UV error (%) (lower is better)": ["Multiline", ["eval/f0_rmse", "eval/vuv_error"]],
+        "MCD (dB, lower is better)": ["Multiline", ["eval/mcd"]],
+        "log-mel L1 and MR-STFT (lower is better)": ["Multiline", ["eval/mel_l1", "eval/mr_stft"]],
+        "log-likelihood (nats/sample) and real-time factor": ["Multiline", ["eval/log_likelihood", "eval/rtf"]],
     },
 }
 
@@ -132,11 +152,11 @@ class Monitor:
             self.writer.add_scalar(tag, float(value), step)
 
     def logdets(self, step: int, stats: Mapping[str, torch.Tensor | float]) -> None:
-        """Log the model's per-flow terms `{"flow_<k>/log_s"|"/W"|"/W_cond": scalar}` as logdet/..."""
+        """Log the model's per-flow terms `{"flow_<k>/log_s"|"/W"|"/W_cond": scalar}` as zz_logdet/..."""
         if not self.enabled:
             return
         for key, value in stats.items():
-            self.writer.add_scalar(f"logdet/{key}", float(value), step)
+            self.writer.add_scalar(f"{LOGDET_PREFIX}/{key}", float(value), step)
 
     def audio(self, step: int, tag: str, audio: np.ndarray | torch.Tensor, sampling_rate: int) -> None:
         """Log a clip [T] in [-1, 1] (clipped) at `sampling_rate` Hz."""

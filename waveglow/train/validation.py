@@ -128,7 +128,8 @@ class Validator:
             audio = self.model.infer(mel, sigma=float(t.audio_sigma), generator=gen)[0]
             audio = torch.nan_to_num(audio.float(), nan=0.0, posinf=1.0, neginf=-1.0).clamp(-1, 1)
             monitor.audio(step, f"audio/val_{i}", audio, sr)
-            monitor.mel_image(step, f"mel/val_{i}", item["mel"], frontend(audio).cpu())
+            # val_mel/: after the train and val charts in TensorBoard's order (see train.monitor)
+            monitor.mel_image(step, f"val_mel/val_{i}", item["mel"], frontend(audio).cpu())
             model.add(item["audio"], audio, mel_fn)
             if reference is not None:
                 gl = griffin_lim(item["mel"], self.cfg.audio, length=item["audio"].shape[-1], seed=int(t.seed) + i)
