@@ -84,8 +84,8 @@ finetune-gta: install ## fine-tune INIT (e.g. an imported NVIDIA model) on GTA m
 	@test -n "$(GTA)" || { echo "error: set GTA=<folder of <clip id>.pt/.npy mels>"; exit 2; }
 	$(BIN)/waveglow-train data=$(DATA) model=$(MODEL) "data.mel_dir=$(GTA)" "train.init_from=$(INIT)" train.lr=2e-5 $(ARGS)
 
-tensorboard: install ## serve the training curves of every run under checkpoints/ on localhost:6006
-	$(BIN)/tensorboard --logdir checkpoints --host 127.0.0.1 --port 6006
+tensorboard: install ## serve the training curves of every run under checkpoints/ (or LOGDIR=<folder of run dirs>) on localhost:6006
+	$(BIN)/tensorboard --logdir $(or $(LOGDIR),checkpoints) --host 127.0.0.1 --port 6006
 
 bench: install ## speed table (kHz, real-time factor, % of machine peak) for tiny, squeeze and waveglow_256
 	$(BIN)/waveglow-bench $(ARGS)
