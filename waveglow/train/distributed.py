@@ -93,6 +93,10 @@ class DistContext:
                     dist.init_process_group(backend)
                 ctx.owns_group = True
             ctx.prepare_group = dist.new_group(backend="gloo", timeout=PREPARE_TIMEOUT)
+            if ctx.is_main and launch.stale_restarts:
+                log.warning("torchrun --max-restarts shares its rendezvous store with the workers: restarted "
+                            "workers may fail to connect to the previous attempt's addresses; start torchrun with "
+                            "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in its environment")
             if ctx.is_main and launch.launcher == "slurm":
                 log.info(f"DDP from the SLURM environment: {launch.world} tasks ({launch.local_world} on this "
                          f"node), rendezvous {launch.init_method}")

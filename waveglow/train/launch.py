@@ -45,6 +45,8 @@ class Launch:
             under SLURM, "" alone).
         run_id: a name for this run that survives restarts and requeues ("" when none is known).
         multi_node: the processes span more than one machine.
+        stale_restarts: torchrun restarts its workers (`--max-restarts`) on a rendezvous store
+            it shares with them, which keeps the previous attempt's addresses (see README).
     """
 
     world: int = 1
@@ -55,6 +57,7 @@ class Launch:
     init_method: str = ""
     run_id: str = ""
     multi_node: bool = False
+    stale_restarts: bool = False
 
 
 def read_launch(environ: Mapping[str, str] | None = None) -> Launch:
@@ -68,10 +71,14 @@ def read_launch(environ: Mapping[str, str] | None = None) -> Launch:
     if "RANK" in env and "WORLD_SIZE" in env:
         world = _int(env, "WORLD_SIZE")
         local_world = _int(env, "LOCAL_WORLD_SIZE", world)
+        # torch >= 2.5 shares the agent's rendezvous store with the workers by default; a
+        # restarted worker may then read an address its dead predecessor published and fail to
+        # connect (pytorch issue 135712); TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 for torchrun avoids it.
+        stale = env.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and _int(env, "TORCHELASTIC_MAX_RESTARTS") > 0
         return Launch(world=world, rank=_int(env, "RANK"), local_rank=_int(env, "LOCAL_RANK"),
                       local_world=local_world, launcher="torchrun" if world > 1 else "",
                       init_method="env://" if world > 1 else "", run_id=run_id,
-                      multi_node=local_world < world)
+                      multi_node=local_world < world, stale_restarts=stale and world > 1)
     steps = env.get("SLURM_STEP_NUM_TASKS")
     if steps is None or "SLURM_PROCID" not in env:
         tasks = env.get("SLURM_NTASKS", "1")
