@@ -1,6 +1,7 @@
 """Inference with a trained checkpoint: synthesis, copy synthesis and likelihood scoring.
 
     synthesizer  Synthesizer: mel -> audio (from_mel, to_files), batched and chunked, exact
+    decoding     Decoder: the exact batched decode, batch plans and the item loop under them all
     chunks       the chunk scheduler: pieces, the batching queue, padded-item repair, crossfade
     noise        the latent noise per (seed, key, block) and the receptive field
     stream       streaming synthesis (Synthesizer.stream)
