@@ -214,3 +214,27 @@ def test_optuna_maximizes_the_best_validation_log_likelihood(corpus, tmp_path):
     # The study maximized what the jobs returned: its best value is the larger one.
     assert result["best_value"] == pytest.approx(max(values), rel=1e-9)
     assert doc["best_job"] == values.index(max(values))
+
+
+@pytest.mark.slow
+def test_a_synthesis_sweep_writes_one_output_folder_per_job(tmp_path: Path, demo_root: Path) -> None:
+    import soundfile as sf
+    from synth_helpers import active_model
+
+    from waveglow.checkpoint import FORMAT_VERSION, save_checkpoint
+
+    model, cfg = active_model(seed=2)
+    ckpt = tmp_path / "tiny.pt"
+    save_checkpoint(ckpt, {"format_version": FORMAT_VERSION, "model": model.state_dict(), "config": cfg,
+                           "step": 0, "epoch": 0})
+    wav = demo_root / "wavs" / "DEMO001-0001.wav"
+    run_cli("waveglow-mel", f"input={wav}", f"output_dir={tmp_path / 'mels'}", cwd=tmp_path)
+    out = tmp_path / "out"
+    proc = run_cli("waveglow-synthesize", "-m", f"checkpoint={ckpt}", f"input={tmp_path / 'mels'}",
+                   f"output_dir={out}", "sigma=0,0.8", "progress=false", "device=cpu", cwd=tmp_path)
+    rows, _ = summary(out)  # the sweep folder is output_dir
+    assert [(r["overrides"], r["status"], r["run_dir"]) for r in rows] == [
+        ("sigma=0", "completed", str(out / "0-sigma=0")), ("sigma=0.8", "completed", str(out / "1-sigma=0.8"))]
+    quiet, noisy = (sf.read(out / d / "DEMO001-0001.wav")[0] for d in ("0-sigma=0", "1-sigma=0.8"))
+    assert quiet.shape == noisy.shape and abs(noisy - quiet).max() > 1e-3  # each job its own sigma
+    assert (out / "1-sigma=0.8" / "synthesize.config.yaml").is_file() and "completed" in proc.stdout

@@ -49,11 +49,15 @@ class Sweep:
             typed config and a `YYYYmmdd-HHMMSS` stamp.
         objective: the job's return value for optimizing sweepers, from what the script's
             function returned (training: the best validation log-likelihood); None: no objective.
+        nested: `dir_key` given once names the sweep folder, and each job writes in a folder
+            inside it (synthesis: `output_dir`); else a `dir_key` given once is refused for
+            several jobs (training: two runs cannot share a run directory).
     """
 
     dir_key: str
     default_dir: Callable[[Any, str], str]
     objective: Callable[[Any], float | None] | None = None
+    nested: bool = False
 
 
 @dataclass(frozen=True)

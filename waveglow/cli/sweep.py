@@ -183,7 +183,8 @@ def plan(script: Script, settings: Sequence[str], dirs: Sequence[str], *, now: f
             raise UserError(f"{what}{f' ({label})' if label else ''}: {e}") from None
         first = cfg if first is None else first
     key = script.sweep.dir_key
-    if exact and len(jobs) > 1 and key not in swept and any(j.split("=", 1)[0] == key for j in app_args):
+    if (exact and len(jobs) > 1 and not script.sweep.nested and key not in swept
+            and any(j.split("=", 1)[0] == key for j in app_args)):
         raise UserError(f"{key}=...: one folder for {len(jobs)} jobs; leave {key} unset (each job gets "
                         f"<sweep dir>/<job number>-<overrides>) or sweep it ({key}=a,b)")
     sweep_dir = _sweep_dir(script, hydra_args, first, folders, now)
@@ -395,7 +396,8 @@ class SweepJob:
         stopped = None
         try:
             typed = typed_config(script.config, cfg, usage=f"{script.name} {script.usage}")
-            if spec.dir_key not in keys:
+            # The job's own folder, unless the job sets the folder itself (a swept run_dir).
+            if spec.dir_key not in keys or (spec.nested and spec.dir_key in self.fixed):
                 setattr(typed, spec.dir_key, out)
             record["run_dir"] = str(Path(getattr(typed, spec.dir_key)).absolute())
             log.info(f"job {num}: {label or '(no swept settings)'} -> {record['run_dir']}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from waveglow.cli.common import Script, app, save_config_beside
+from waveglow.cli.common import Script, Sweep, app, save_config_beside
 from waveglow.config import InferenceSettings, SynthesizeApp
 from waveglow.inference import Synthesizer
 
@@ -25,7 +25,10 @@ SCRIPT = Script(
     examples=("waveglow-synthesize checkpoint=run/checkpoints/best.pt input=mels/ output_dir=wavs",
               "waveglow-synthesize checkpoint=ckpt.pt input=tts_mels/ output_dir=wavs input_convention=log10",
               "waveglow-synthesize checkpoint=ckpt.pt input='mels/*.npy' output_dir=wavs sigma=0.8 "
-              "denoiser_strength=0.02"),
+              "denoiser_strength=0.02",
+              "waveglow-synthesize -m checkpoint=ckpt.pt input=mels/ output_dir=wavs sigma=0.6,0.8"),
+    # -m: one output folder per job, <output_dir>/<job number>-<swept settings>
+    sweep=Sweep(dir_key="output_dir", default_dir=lambda cfg, stamp: cfg.output_dir, nested=True),
 )
 
 
