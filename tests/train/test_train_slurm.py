@@ -208,3 +208,19 @@ def test_a_preempted_job_writes_last_pt_exits_143_and_its_requeue_resumes(corpus
     assert f"resuming {run_dir.relative_to(tmp_path) / 'checkpoints/last.pt'} at step {saved}" in out
     assert torch.load(run_dir / "checkpoints/last.pt", weights_only=True)["step"] == saved + 1
     assert len(list((tmp_path / "checkpoints").iterdir())) == 1
+
+
+def test_a_slurm_task_that_sees_one_gpu_takes_it(monkeypatch):
+    """--gpus-per-task=1 gives each task its own single visible GPU (cuda:0 in every task); with
+    all of a node's GPUs visible, each task takes the GPU of its local rank."""
+    from waveglow.train.distributed import _gpu_index
+
+    launch = read_launch({**SLURM_STEP, "SLURM_LOCALID": "3"})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert _gpu_index("cuda", launch) == _gpu_index("auto", launch) == 0
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    assert _gpu_index("cuda", launch) == 3
+    torchrun = read_launch({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "3", "LOCAL_WORLD_SIZE": "8"})
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert _gpu_index("cuda", torchrun) == 3  # torchrun: the local rank (a missing GPU is then named)
