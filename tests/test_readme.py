@@ -70,6 +70,10 @@ def test_readme_command_composes(name, args):
     assert (CONFIG_DIR / f"{config_name}.yaml").exists(), f"README uses {name} but configs/{config_name}.yaml is missing"
     if name == "waveglow-bench":
         args = rewrite_argv(args)
+    if name == "waveglow-pretrained":  # `list` / `get NAME` are words, not settings
+        from waveglow.cli.pretrained import rewrite_argv as pretrained_argv
+
+        args = pretrained_argv(args)
     argv = parse_argv(args, name)  # raises on a non key=value argument
     if argv.action is None and not argv.dirs:
         # The script's own composition: unknown keys, bad groups, types and ranges raise.

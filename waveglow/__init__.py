@@ -3,7 +3,8 @@
 Public API (imported lazily so that `import waveglow` stays fast for the CLIs):
     MelSpectrogram  log-mel frontend (Tacotron 2 / NVIDIA convention)
     WaveGlow        the flow: log_prob / encode / decode / infer
-    load_model      a checkpoint of this project -> eval-mode WaveGlow
+    load_model      a checkpoint of this project (or "pretrained:NAME", see waveglow.pretrained)
+                    -> eval-mode WaveGlow
     Synthesizer     mel files -> WAV files, batched, chunked or streamed, on CPU or CUDA
     enhance         likelihood-guided repair of damaged stretches of a recording
     convert         encode with the input's own mel, change the mel or the latent, decode

@@ -99,6 +99,16 @@ def _torch_save(f: IO[bytes], state: dict) -> None:
     torch.save(state, f)
 
 
+def _pretrained_hook(path: str | os.PathLike) -> Path:
+    """`pretrained:NAME` -> the cached, downloaded-on-first-use checkpoint (waveglow.pretrained);
+    any other path as it is. Every checkpoint setting goes through here."""
+    if str(path).startswith("pretrained:"):
+        from waveglow.pretrained import resolve_checkpoint  # network code only when asked for
+
+        return resolve_checkpoint(str(path))
+    return Path(path)
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint of this project safely (`weights_only=True`) and check its format.
 
@@ -106,7 +116,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         UserError: missing file, not a torch file, a pickle that asks for anything beyond
             tensors and plain containers, or a dict that is not a checkpoint of this format.
     """
-    path = Path(path)
+    path = _pretrained_hook(path)
     if not path.is_file():
         where = "" if path.is_absolute() else f" (looked in {path.resolve()})"
         what = "a folder, not a checkpoint file" if path.is_dir() else "checkpoint not found"

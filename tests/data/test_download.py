@@ -6,15 +6,14 @@ import hashlib
 import io
 import json
 import tarfile
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 from conftest import run_cli
+from loopback_http import LoopbackServer
 
 from waveglow.data.download import MARKER, download, download_and_extract, safe_extract
 from waveglow.errors import UserError
@@ -62,54 +61,12 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return path, hashlib.sha256(data).hexdigest()
 
 
-class _Server:
-    """A loopback HTTP server for one file that records the Range headers it received."""
-
-    def __init__(self, payload: bytes, honour_range: bool = True, truncate_first: bool = False):
-        self.payload = payload
-        self.honour_range = honour_range
-        self.truncate_first = truncate_first  # the first response stops half way
-        self.ranges: list[str | None] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                rng = self.headers.get("Range")
-                server.ranges.append(rng)
-                body, start = server.payload, 0
-                if rng and server.honour_range:
-                    start = int(rng.removeprefix("bytes=").split("-")[0])
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-                else:
-                    self.send_response(200)
-                self.send_header("Content-Length", str(len(body) - start))
-                self.end_headers()
-                chunk = body[start:]
-                if server.truncate_first and len(server.ranges) == 1:
-                    chunk = chunk[: len(chunk) // 2]
-                    self.close_connection = True
-                self.wfile.write(chunk)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/{TOP}.tar.bz2"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
 def serve(archive: tuple[Path, str]) -> Iterator:
-    servers: list[_Server] = []
+    servers: list[LoopbackServer] = []
 
-    def start(**kwargs: bool) -> _Server:
-        servers.append(_Server(archive[0].read_bytes(), **kwargs))
+    def start(**kwargs: bool) -> LoopbackServer:
+        servers.append(LoopbackServer(archive[0].read_bytes(), name=f"{TOP}.tar.bz2", **kwargs))
         return servers[-1]
 
     yield start

@@ -218,6 +218,20 @@ class EvalApp:
     progress: bool = setting(True, "progress bars on a terminal")
 
 
+@dataclass
+class PretrainedApp:
+    """waveglow-pretrained list | get NAME: the registry of pretrained models and its cache."""
+
+    action: str = setting("list", "list (the registry) | get (download, check and convert NAME)",
+                          choices=("list", "get"))
+    name: str | None = setting(None, "the model to get (waveglow-pretrained list shows the names)")
+    home: str | None = setting(None, "cache folder (null: $WAVEGLOW_HOME, else ~/.cache/waveglow)")
+    registry: str | None = setting(None, "a registry YAML adding entries (null: $WAVEGLOW_REGISTRY, else none)")
+    offline: bool | None = setting(None, "never download (null: $WAVEGLOW_OFFLINE)")
+    timeout: float = setting(30.0, "seconds allowed to connect and for each read", gt=0)
+    progress: bool = setting(True, "byte progress bar on stderr")
+
+
 # config name (configs/<name>.yaml) -> its schema
 APPS: dict[str, type] = {
     "waveglow_mel": MelApp,
@@ -233,5 +247,6 @@ APPS: dict[str, type] = {
     "waveglow_convert": ConvertApp,
     "waveglow_export": ExportApp,
     "waveglow_eval": EvalApp,
+    "waveglow_pretrained": PretrainedApp,
 }
 GROUPS: dict[str, type] = {"audio": AudioConfig, "data": DataConfig, "model": ModelConfig, "train": TrainConfig}

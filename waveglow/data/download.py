@@ -53,6 +53,10 @@ class Unreachable(UserError):
     """The server could not be reached (no network, refused, timed out): callers that have a
     better next step to offer (e.g. an offline cache) catch this one."""
 
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+
 
 def sha256_file(path: str | os.PathLike, chunk: int = CHUNK) -> str:
     """Hex sha256 of a file, read in chunks."""
@@ -96,7 +100,8 @@ def _open(url: str, offset: int, timeout: float) -> tuple[IO[bytes], int | None,
         raise UserError(f"{url}: HTTP {e.code} {e.reason}") from e
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
-        raise Unreachable(f"{url}: cannot connect ({reason}); check the URL or your network and rerun") from e
+        raise Unreachable(f"{url}: cannot connect ({reason}); check the URL or your network and rerun",
+                          str(reason)) from e
 
     length = response.headers.get("Content-Length")
     length = int(length) if length and length.isdigit() else None
