@@ -109,6 +109,62 @@ def _pretrained_hook(path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+# What a file that is not a checkpoint starts with (first bytes -> what it is), for messages.
+_MAGIC = ((b"fLaC", "a FLAC file"), (b"OggS", "an Ogg audio file"), (b"ID3", "an MP3 file"),
+          (b"\xff\xfb", "an MP3 file"), (b"\xff\xf3", "an MP3 file"), (b"\x93NUMPY", "a NumPy .npy array"),
+          (b"\x1f\x8b", "a gzip-compressed file"), (b"\x89PNG", "a PNG image"), (b"%PDF", "a PDF document"))
+_TEXT_BYTES = bytes(range(32, 127)) + b"\t\n\r\f"
+
+
+def file_kind(path: str | os.PathLike) -> str | None:
+    """What a file holds when its first bytes show it is no torch file ("a WAV file", "an empty
+    file", "a text file", "a zip archive without a torch checkpoint in it", ...), else None (a
+    torch zip archive or a pickle: only loading can tell more). Reads at most 4 KiB (and a zip's
+    directory).
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return None
+    if not head:
+        return "an empty file"
+    if head[:4] == b"RIFF":
+        return "a WAV file" if head[8:12] == b"WAVE" else "a RIFF file (not a checkpoint)"
+    if head[:4] == b"RF64" or head[:4] == b"FORM":
+        return "an audio file"
+    for magic, what in _MAGIC:
+        if head.startswith(magic):
+            return what
+    if head[:4] == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return "a truncated or damaged zip archive"
+        if any(n.endswith("data.pkl") for n in names):
+            return None  # torch's own zip format: let the loader judge it
+        return "a zip archive without a torch checkpoint in it"
+    if head[:1] == b"\x80":
+        return None  # a pickle (torch's legacy format starts with one)
+    try:
+        head.decode("utf-8")
+        text = True
+    except UnicodeDecodeError as e:
+        text = e.start >= len(head) - 3  # cut inside a multi-byte character at the end
+    if text and sum(b in _TEXT_BYTES or b >= 0x80 for b in head) >= 0.95 * len(head):
+        return "a text file"
+    return None
+
+
+def not_a_checkpoint(path: str | os.PathLike, kind: str | None) -> UserError:
+    """The one-line error for a `checkpoint=` file that cannot be a checkpoint (no internals)."""
+    what = kind or "truncated or not a torch file"
+    return UserError(f"not a checkpoint: {path} is {what}; expected a .pt checkpoint written by waveglow-train "
+                     "(NVIDIA/waveglow files: convert them with waveglow-import-nvidia)")
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint of this project safely (`weights_only=True`) and check its format.
 
@@ -121,9 +177,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         where = "" if path.is_absolute() else f" (looked in {path.resolve()})"
         what = "a folder, not a checkpoint file" if path.is_dir() else "checkpoint not found"
         raise UserError(f"{path}: {what}{where}")
+    kind = file_kind(path)
+    if kind is not None:  # a WAV, a text file, an archive: say what it is, not how torch.load fails
+        raise not_a_checkpoint(path, kind)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        if "Unsupported operand" in str(e) or "invalid load key" in str(e):  # bytes that are no pickle
+            raise not_a_checkpoint(path, None) from None
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
         what = f"the global {found.group(1)!r}" if found else "an object outside the allowlist"
         raise UserError(
@@ -131,11 +192,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             "project never contains (NVIDIA/waveglow files are converted with waveglow-import-nvidia)"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError, KeyError,
-            TypeError, AttributeError, MemoryError) as e:
-        # torch.load of a WAV, a text file or random bytes fails in many ways (IndexError: pop from
-        # empty list, KeyError: 101 ...); all of them mean the same thing to the user.
-        what = "truncated or not a torch file" if path.stat().st_size else "an empty file"
-        raise UserError(f"{path}: not a checkpoint ({what}: {type(e).__name__}: {str(e)[:120]})") from None
+            TypeError, AttributeError, MemoryError):
+        # torch.load of random bytes or a cut file fails in many ways (IndexError: pop from empty
+        # list, KeyError: 101 ...); all of them mean the same thing to the user.
+        raise not_a_checkpoint(path, None) from None
     if not isinstance(state, dict) or "format_version" not in state or "model" not in state:
         raise UserError(
             f"{path}: not a checkpoint of this project (expected a dict with format_version, "

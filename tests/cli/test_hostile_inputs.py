@@ -25,6 +25,7 @@ import re
 import shutil
 import struct
 import subprocess
+import zipfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -707,13 +708,52 @@ def b_setting_missing_required(d: Path, s: Shared) -> Plan:
 def b_ckpt_is_a_wav(d: Path, s: Shared) -> Plan:
     wav = d / "voice.wav"
     shutil.copy(s.wav, wav)
-    return synth_error(d, s, s.mel, r"not a checkpoint", ckpt=wav)
+    plan = synth_error(d, s, s.mel, r"^error: not a checkpoint: \S*voice\.wav is a WAV file; expected", ckpt=wav)
+    plan.check = _no_internals
+    return plan
+
+
+def _no_internals(proc: subprocess.CompletedProcess) -> None:
+    """The error says what the file is, not how a loader failed on it."""
+    assert not re.search(r"\w+Error\b|pop from empty|load key|enforce fail", proc.stderr), proc.stderr
+
+
+def b_ckpt_is_a_zip(d: Path, s: Shared) -> Plan:
+    archive = d / "voices.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("voices/a.txt", "not weights")
+    plan = synth_error(d, s, s.mel, r"not a checkpoint: \S*voices\.zip is a zip archive without a torch checkpoint",
+                       ckpt=archive)
+    plan.check = _no_internals
+    return plan
+
+
+def b_ckpt_is_a_wav_import_nvidia(d: Path, s: Shared) -> Plan:
+    wav = d / "waveglow.wav"
+    shutil.copy(s.wav, wav)
+    out = d / "out" / "imported.pt"
+    return Plan([f"input={wav}", f"output={out}"], names=[str(wav)], problem=r"not a readable PyTorch checkpoint: .* is a WAV file",
+                absent=[out], check=_no_internals)
+
+
+def b_wav_given_as_mel(d: Path, s: Shared) -> Plan:
+    wav = d / "speech.wav"
+    shutil.copy(s.wav, wav)
+    return synth_error(d, s, wav, r"unexpected file type '\.wav'.*waveglow-mel.*waveglow-resynthesize")
+
+
+def b_wav_folder_given_as_mels(d: Path, s: Shared) -> Plan:
+    folder = d / "recordings"
+    folder.mkdir()
+    shutil.copy(s.wav, folder / "speech.wav")
+    return synth_error(d, s, folder, r"no \.pt/\.npy files.*but audio files.*waveglow-mel.*waveglow-resynthesize")
 
 
 def b_ckpt_is_text(d: Path, s: Shared) -> Plan:
     text = write_bytes(d / "notes.pt", b"just some notes, not a checkpoint\n" * 20)
-    plan = score_error(d, s.wav, r"not a checkpoint", ckpt=text)
+    plan = score_error(d, s.wav, r"not a checkpoint: \S*notes\.pt is a text file", ckpt=text)
     plan.names = [str(text)]
+    plan.check = _no_internals
     return plan
 
 
@@ -840,6 +880,10 @@ CASES: list[Case] = [
     Case("ckpt-is-a-wav", SYN, b_ckpt_is_a_wav),
     Case("ckpt-is-text", SCORE, b_ckpt_is_text),
     Case("ckpt-is-empty", SYN, b_ckpt_is_empty),
+    Case("ckpt-is-a-zip", SYN, b_ckpt_is_a_zip),
+    Case("ckpt-is-a-wav-import-nvidia", NV, b_ckpt_is_a_wav_import_nvidia),
+    Case("wav-given-as-mel", SYN, b_wav_given_as_mel),
+    Case("wav-folder-given-as-mels", SYN, b_wav_folder_given_as_mels),
     # corpora
     Case("corpus-missing-preprocess", PRE, b_corpus_missing_preprocess),
     Case("corpus-missing-train", TRAIN, b_corpus_missing_train),

@@ -20,13 +20,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from waveglow.data.audio import OTHER_AUDIO_SUFFIXES
+from waveglow.data.audio import AUDIO_SUFFIXES, OTHER_AUDIO_SUFFIXES
 from waveglow.errors import UserError
 
 # A text file listing one input per line (.csv: LJSpeech's metadata.csv, `id|text|text`).
 FILELIST_SUFFIXES = (".txt", ".list", ".lst", ".scp", ".filelist", ".csv")
 
 Spec = str | os.PathLike | Sequence[str | os.PathLike]
+# Audio where mels are expected (waveglow-synthesize input=speech.wav): the two ways from audio.
+AUDIO_FOR_MELS = ("make mel files from audio with waveglow-mel input=<audio> output_dir=<dir>, or vocode audio "
+                  "directly with waveglow-resynthesize input=<audio>")
 
 
 class InputFile(NamedTuple):
@@ -75,7 +78,7 @@ def resolve_inputs(spec: Spec, suffixes: Sequence[str], *, kind: str = "audio") 
         raise UserError(f"input is empty; {expected}")
     path = Path(text).expanduser()
     if path.is_dir():
-        return _unique(_folder(path, suffixes))
+        return _unique(_folder(path, suffixes, kind))
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix in suffixes:
@@ -85,14 +88,17 @@ def resolve_inputs(spec: Spec, suffixes: Sequence[str], *, kind: str = "audio") 
         if kind == "audio" and suffix in OTHER_AUDIO_SUFFIXES:
             raise UserError(f"{_abs(path)}: unsupported audio type {path.suffix!r}; expected "
                             f"{' or '.join(suffixes)}")
+        if kind == "mel" and _is_audio(path):
+            raise UserError(f"{_abs(path)}: unexpected file type {path.suffix!r} (audio, not a mel spectrogram); {AUDIO_FOR_MELS}")
         raise UserError(f"{_abs(path)}: unexpected file type {path.suffix!r}; {expected} "
                         f"(filelists: {'/'.join(FILELIST_SUFFIXES)})")
     if any(ch in text for ch in "*?["):
         files = sorted(Path(p) for p in glob.glob(os.path.expanduser(text), recursive=True)
                        if Path(p).is_file() and Path(p).suffix.lower() in suffixes)
         if not files:
+            audio = kind == "mel" and any(_is_audio(Path(p)) for p in glob.glob(os.path.expanduser(text), recursive=True))
             raise UserError(f"{_abs(os.path.expanduser(text))}: the pattern matches no "
-                            f"{'/'.join(suffixes)} files")
+                            f"{'/'.join(suffixes)} files" + (f" but audio files; {AUDIO_FOR_MELS}" if audio else ""))
         return _unique([_named(p) for p in files])
     raise UserError(f"{_abs(path)}: no such file or folder; {expected}")
 
@@ -106,9 +112,14 @@ def _named(path: Path) -> InputFile:
     return InputFile(path, Path(path.stem))
 
 
-def _folder(folder: Path, suffixes: tuple[str, ...]) -> list[InputFile]:
+def _is_audio(path: Path) -> bool:
+    return path.suffix.lower() in AUDIO_SUFFIXES or path.suffix.lower() in OTHER_AUDIO_SUFFIXES
+
+
+def _folder(folder: Path, suffixes: tuple[str, ...], kind: str = "audio") -> list[InputFile]:
     """The matching files below `folder` at any depth, named by their path below it."""
     found: list[InputFile] = []
+    audio = False  # a folder of audio where mels are expected gets the hint
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         here = Path(dirpath)
@@ -117,8 +128,10 @@ def _folder(folder: Path, suffixes: tuple[str, ...]) -> list[InputFile]:
             if not name.startswith(".") and p.suffix.lower() in suffixes and p.is_file():
                 rel = p.relative_to(folder)
                 found.append(InputFile(p, rel.with_suffix("")))
+            audio = audio or (kind == "mel" and _is_audio(p))
     if not found:
-        raise UserError(f"{_abs(folder)}: the folder holds no {'/'.join(suffixes)} files (searched recursively)")
+        raise UserError(f"{_abs(folder)}: the folder holds no {'/'.join(suffixes)} files (searched recursively)"
+                        + (f" but audio files; {AUDIO_FOR_MELS}" if audio else ""))
     return sorted(found, key=lambda f: f.name.as_posix())
 
 

@@ -33,6 +33,7 @@ from typing import Any, BinaryIO
 import torch
 from torch import Tensor
 
+from waveglow.checkpoint import file_kind
 from waveglow.errors import UserError
 
 # torch's stream-format header: a pickled magic number, then the protocol version.
@@ -425,6 +426,10 @@ def read_pickle(path: str | os.PathLike) -> tuple[Any, str]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found")
+    kind = file_kind(path)
+    if kind is not None:  # a WAV, a text file, an archive: say what it is, not how unpickling fails
+        raise UserError(f"not a readable PyTorch checkpoint: {path} is {kind}; expected an NVIDIA WaveGlow "
+                        "checkpoint (.pt)")
     try:
         with open(path, "rb") as f:
             head = f.read(4)
