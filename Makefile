@@ -45,6 +45,7 @@ $(TORCH_STAMP):
 	rm -f $(VENV)/.torch-*
 	$(PY) -m pip install --quiet --force-reinstall --no-deps $(TORCH_INDEX) "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet $(TORCH_INDEX) "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet "numpy>=1.23"  # torch is imported next: without numpy it warns "Failed to initialize NumPy"
 	@$(PY) -c "import torch; print(f'installed torch {torch.__version__}, CUDA available: {\"yes\" if torch.cuda.is_available() else \"no\"}')"
 	@touch $(TORCH_STAMP)
 
