@@ -98,14 +98,14 @@ def test_learns_and_writes_every_tag_and_file(corpus, tmp_path):
     assert [x["step"] for x in lines] == [0, 12, 24, 36]
     assert lines[-1]["val_log_likelihood"] > lines[0]["val_log_likelihood"] + 0.05
     values = scalars(run)
-    nll = [v for _, v in values["train/nll"]]
+    nll = [v for _, v in values["zz_optim/nll"]]
     assert np.mean(nll[-6:]) < np.mean(nll[:6]) - 0.05
 
     acc = EventAccumulator(str(run), size_guidance={"scalars": 0, "images": 0, "audio": 0})
     acc.Reload()
     tags = acc.Tags()
-    for tag in ["train/log_likelihood", "val/log_likelihood", "train/nll", "train/lr", "train/grad_norm",
-                "train/samples_per_sec", "train/skipped_steps"]:
+    for tag in ["train/log_likelihood", "val/log_likelihood", "zz_optim/nll", "zz_optim/lr", "zz_optim/grad_norm",
+                "zz_optim/samples_per_sec", "zz_optim/skipped_steps"]:
         assert tag in tags["scalars"], tag
     n_flows = int(cfg.model.n_flows)
     for k in range(n_flows):
@@ -114,7 +114,8 @@ def test_learns_and_writes_every_tag_and_file(corpus, tmp_path):
     assert "audio/val_0" in tags["audio"] and "val_mel/val_0" in tags["images"]
     # TensorBoard sorts chart groups by code point: likelihoods and quality first, log-dets last.
     groups = sorted({tag.split("/")[0] for tag in tags["scalars"] + tags["images"]})
-    assert groups[:2] == ["train", "val"] and groups[-1] == "zz_logdet"
+    assert groups[:2] == ["train", "val"] and groups[-2:] == ["zz_logdet", "zz_optim"]
+    assert [tag for tag in tags["scalars"] if tag.startswith("train/")] == ["train/log_likelihood"]
     assert {"audio/val_0_target", "audio/val_0_griffinlim"} <= set(tags["audio"])
     # The quality report at every audio_every step, beside its Griffin-Lim reference line.
     for tag in ("val/mel_l1", "val/mr_stft", "val/mel_l1_griffinlim", "val/mr_stft_griffinlim"):
@@ -129,7 +130,7 @@ def test_learns_and_writes_every_tag_and_file(corpus, tmp_path):
     assert "_hparams_/experiment" in acc.PluginTagToContent("hparams")
     image = acc.Images("val_mel/val_0")[-1]
     assert image.height == 2 * 80 + 2 and image.width > 1
-    assert values["train/log_likelihood"][-1][1] == pytest.approx(-values["train/nll"][-1][1])
+    assert values["train/log_likelihood"][-1][1] == pytest.approx(-values["zz_optim/nll"][-1][1])
 
     # Run layout and checkpoint contents.
     assert (run / "config.yaml").is_file()
@@ -176,7 +177,7 @@ def test_injected_nan_is_skipped_and_counted(corpus, tmp_path):
     run = tmp_path / "run"
     result = train(make_cfg(corpus, run, "train.max_steps=5"), TrainHooks(before_step=poison, after_step=check))
     assert result.skipped_steps == 1 and result.recoveries == 0
-    skipped = dict(scalars(run)["train/skipped_steps"])
+    skipped = dict(scalars(run)["zz_optim/skipped_steps"])
     assert skipped[2] == 0 and skipped[3] == 1 and skipped[5] == 1
     state = load(run / "checkpoints/last.pt")
     assert state["metrics"]["skipped_steps"] == 1
@@ -202,7 +203,7 @@ def test_guard_recovers_from_divergence_and_logdets_show_it(corpus, tmp_path, ca
     w = dict(values["zz_logdet/flow_0/W"])
     # log|det(1e15·W)| per audio sample = log(1e15) (n_group channels over n_group samples).
     assert w[7] > w[6] + 30 and abs(w[10] - w[6]) < 1.0
-    assert values["train/lr"][-1][1] == pytest.approx(1e-4)  # halved by the recovery
+    assert values["zz_optim/lr"][-1][1] == pytest.approx(1e-4)  # halved by the recovery
     state = load(run / "checkpoints/last.pt")
     assert state["scheduler"]["lr_mult"] == 0.5 and state["scheduler"]["recoveries"] == 1
     assert all(torch.isfinite(v).all() for v in state["model"].values())
@@ -247,7 +248,7 @@ def test_fp16_on_silence_and_clipping_stays_finite(hostile_corpus, tmp_path):
                             "train.lr=1e-3", "train.val_every=4", "data.segment_length=2048",
                             "train.val_segment_length=2048"))
     values = scalars(run)
-    assert all(math.isfinite(v) for _, v in values["train/nll"])
+    assert all(math.isfinite(v) for _, v in values["zz_optim/nll"])
     assert all(math.isfinite(v) for _, v in values["val/log_likelihood"])
     assert result.skipped_steps <= 3  # at most a few GradScaler overflow steps
     state = load(run / "checkpoints/last.pt")
@@ -346,7 +347,7 @@ def test_cuda_mixed_precision_applies_steps_and_learns(corpus, tmp_path, precisi
                             "train.lr=1e-3", "train.val_every=30", "train.checkpoint_every=30"))
     assert result.step == 30
     assert result.skipped_steps <= (4 if precision == "fp16" else 0)  # fp16: loss-scale calibration only
-    nll = [v for _, v in scalars(run)["train/nll"]]
+    nll = [v for _, v in scalars(run)["zz_optim/nll"]]
     assert all(math.isfinite(v) for v in nll) and np.mean(nll[-5:]) < np.mean(nll[:5]) - 0.05
     lines = [json.loads(x)["val_log_likelihood"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1] > lines[0] + 0.02
@@ -368,7 +369,7 @@ def test_cuda_resume_continues_from_the_right_step(corpus, tmp_path):
     a, b = load(tmp_path / "full/checkpoints/last.pt"), load(tmp_path / "split/checkpoints/last.pt")
     assert b["step"] == 6 and b["sampler"]["position"] == a["sampler"]["position"]
     assert {int(s["step"]) for s in b["optimizer"]["state"].values()} == {6}
-    assert [step for step, _ in scalars(tmp_path / "split")["train/nll"]] == list(range(1, 7))
+    assert [step for step, _ in scalars(tmp_path / "split")["zz_optim/nll"]] == list(range(1, 7))
     for k, v in a["model"].items():
         torch.testing.assert_close(b["model"][k], v, rtol=1e-5, atol=1e-7, msg=k)
 
@@ -382,7 +383,7 @@ def test_grad_accum_trains_like_the_whole_batch_and_resumes_bit_exactly(corpus, 
     accum = train(make_cfg(corpus, tmp_path / "accum", "train.batch_size=2", "train.grad_accum=2", *extra))
     whole = train(make_cfg(corpus, tmp_path / "whole", "train.batch_size=4", *extra))
     assert accum.step == whole.step == 4
-    nll_a, nll_w = (dict(scalars(tmp_path / name)["train/nll"]) for name in ("accum", "whole"))
+    nll_a, nll_w = (dict(scalars(tmp_path / name)["zz_optim/nll"]) for name in ("accum", "whole"))
     assert nll_a[1] == pytest.approx(nll_w[1], rel=1e-6)
     a, w = load(tmp_path / "accum/checkpoints/last.pt"), load(tmp_path / "whole/checkpoints/last.pt")
     for k, v in w["model"].items():

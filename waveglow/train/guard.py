@@ -32,7 +32,7 @@ class Guard:
         train_cfg: the `train` settings (`guard`, and the lr schedule for the log line).
         checkpoints: reloads a checkpoint's weights and optimizer state.
         ctx: the process group.
-        monitor: TensorBoard (`train/recoveries`).
+        monitor: TensorBoard (`zz_optim/recoveries`).
     """
 
     def __init__(self, state: LoopState, train_cfg: TrainConfig, checkpoints: Checkpointer,
@@ -104,4 +104,4 @@ class Guard:
             log.warning(f"guard: {reason} at step {s.step}; reloaded {source} (step {ckpt['step']}) and "
                         f"lowered lr to {lr_at(s.step, self.tcfg, s.lr_mult):.3g} "
                         f"(recovery {s.recoveries}/{limit})")
-        self.monitor.scalars(s.step, {"train/recoveries": s.recoveries})
+        self.monitor.scalars(s.step, {"zz_optim/recoveries": s.recoveries})

@@ -5,11 +5,11 @@ nothing, so the training loop never branches on the rank to log.
 
 Tags (what the user sees in TensorBoard):
     train/log_likelihood, val/log_likelihood   nats per audio sample, higher is better
-    train/nll, train/lr, train/grad_norm, train/samples_per_sec (audio samples/s, global),
-    train/skipped_steps (cumulative)
     val/mel_l1, val/mr_stft  distance of the resynthesized val clips from their originals
     val/mel_l1_griffinlim, val/mr_stft_griffinlim  the same for Griffin-Lim (a reference line)
     val_mel/val_<i>         image: target mel (top) over the resynthesized clip's mel (bottom)
+    zz_optim/nll, zz_optim/lr, zz_optim/grad_norm, zz_optim/samples_per_sec (audio samples/s,
+    global), zz_optim/skipped_steps (cumulative), zz_optim/recoveries
     zz_logdet/flow_<k>/log_s   sum of log s of coupling k, per audio sample
     zz_logdet/flow_<k>/W       log|det W| of 1x1 conv k, per audio sample
     zz_logdet/flow_<k>/W_cond  condition number of W of 1x1 conv k
@@ -18,10 +18,11 @@ Tags (what the user sees in TensorBoard):
     hparams                 the run's settings, linked to val/log_likelihood
 
 TensorBoard's default tab (TIME SERIES, and SCALARS too) groups charts by the tag's first path
-part and sorts the groups by code point, so the names above are chosen for that order: `train`,
-`val` (likelihoods and quality), then `val_mel` (images), then the per-flow log-dets under
-`zz_logdet` (until this version `logdet/...`; images were `mel/val_<i>`), which otherwise came
-first with a dozen charts. The CUSTOM SCALARS tab (`LAYOUT`) opens on train and val
+part and sorts the groups (and the charts in a group) by code point, so the names above are
+chosen for that order: `train` (its log-likelihood only) and `val` (log-likelihood and quality)
+first, then `val_mel` (images), then the diagnostics under `zz_`: the optimization figures
+(`zz_optim/`, until this version `train/nll`, `train/lr`, ...) and the per-flow log-dets
+(`zz_logdet/`, were `logdet/...`, which came first with a dozen charts); images were `mel/val_<i>`. The CUSTOM SCALARS tab (`LAYOUT`) opens on train and val
 log-likelihood on one chart, the quality figures on the next, the log-det groups after them.
 
 Event files are written directly into the run directory, so TensorBoard names a run after its
@@ -67,9 +68,9 @@ LAYOUT: dict[str, dict[str, list]] = {
         "1x1 conv condition number": ["Multiline", [rf"{LOGDET_PREFIX}/flow_\d+/W_cond"]],
     },
     "4 optimization": {
-        "train NLL (nats/sample)": ["Multiline", ["train/nll"]],
-        "gradient norm": ["Multiline", ["train/grad_norm"]],
-        "skipped steps": ["Multiline", ["train/skipped_steps", "train/recoveries"]],
+        "train NLL (nats/sample)": ["Multiline", ["zz_optim/nll"]],
+        "gradient norm": ["Multiline", ["zz_optim/grad_norm"]],
+        "skipped steps": ["Multiline", ["zz_optim/skipped_steps", "zz_optim/recoveries"]],
     },
     # Written by waveglow-eval on a run directory: each checkpoint's test-set means at its step.
     "5 evaluation (waveglow-eval, per checkpoint)": {

@@ -133,9 +133,9 @@ class Progress:
     def _scalars(self, s: LoopState, lr: float) -> None:
         values = self.window.summary()
         self.monitor.scalars(s.step, {
-            "train/log_likelihood": -values["nll"], "train/nll": values["nll"], "train/lr": lr,
-            "train/grad_norm": values["grad_norm"], "train/samples_per_sec": values["samples_per_sec"],
-            "train/skipped_steps": s.skipped_steps})
+            "train/log_likelihood": -values["nll"], "zz_optim/nll": values["nll"], "zz_optim/lr": lr,
+            "zz_optim/grad_norm": values["grad_norm"], "zz_optim/samples_per_sec": values["samples_per_sec"],
+            "zz_optim/skipped_steps": s.skipped_steps})
         self.window.clear()
 
     def _line(self, s: LoopState, lr: float) -> None:
