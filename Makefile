@@ -26,6 +26,10 @@ MELS   ?=
 OUT    ?= outputs/synth
 GTA    ?=
 INIT   ?=
+# The audio preset of a corpus recorded at another rate (make train DATA=libritts -> audio=24k).
+AUDIO_libritts ?= 24k
+AUDIO  ?= $(AUDIO_$(DATA))
+AUDIO_ARG = $(if $(AUDIO),audio=$(AUDIO))
 LJSPEECH_URL    ?= https://data.keithito.com/data/speech/LJSpeech-1.1.tar.bz2
 LJSPEECH_SHA256 ?= be1a30453f28eb8dd26af4101ae40cbf2c50413b1bb21936cbcdc6fae3de8aa5
 
@@ -66,13 +70,13 @@ ljspeech: install ## download LJSpeech-1.1 (checksum verified, resumable) into d
 	$(BIN)/waveglow-download data=ljspeech data.download.url=$(LJSPEECH_URL) data.download.sha256=$(LJSPEECH_SHA256)
 
 preprocess: install ## cache mels, manifest, splits and mel statistics for DATA
-	$(BIN)/waveglow-preprocess data=$(DATA) $(ARGS)
+	$(BIN)/waveglow-preprocess data=$(DATA) $(AUDIO_ARG) $(ARGS)
 
 train: install ## train MODEL on DATA (NPROC=N for torchrun DDP); resumes when run_dir exists
 ifeq ($(NPROC),1)
-	$(BIN)/waveglow-train data=$(DATA) model=$(MODEL) $(ARGS)
+	$(BIN)/waveglow-train data=$(DATA) model=$(MODEL) $(AUDIO_ARG) $(ARGS)
 else
-	$(BIN)/torchrun --standalone --nproc_per_node=$(NPROC) $(BIN)/waveglow-train data=$(DATA) model=$(MODEL) $(ARGS)
+	$(BIN)/torchrun --standalone --nproc_per_node=$(NPROC) $(BIN)/waveglow-train data=$(DATA) model=$(MODEL) $(AUDIO_ARG) $(ARGS)
 endif
 
 synthesize: install ## vocode mel files: make synthesize CKPT=run/checkpoints/best.pt MELS=mels/ OUT=wavs/

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,113 @@ def test_small_corpus_shrinks_held_out_sets(corpus_copy, caplog: pytest.LogCaptu
     assert two["train"] == sorted(two["train"]) and len(two["train"]) == 2 and set(two["val"]) < set(two["train"])
     one = ensure_splits(make_cfg(corpus_copy(1, "one")).data)
     assert one["train"] == one["val"] and len(one["val"]) == 1 and one["test"] == []
+
+
+# ------------------------------------------------------------------ multi-speaker corpora
+
+VCTK_SPEAKERS = ("p225", "p226", "p227", "p315", "s5")  # p315: no transcripts, as in VCTK 0.92
+
+
+def make_vctk(root: Path, clips_per_speaker: int = 3, seconds: float = 0.25) -> Path:
+    """A VCTK 0.92 layout: 48 kHz FLAC per microphone, txt/ for all but p315, speaker-info.txt."""
+    n = int(48000 * seconds)
+    lines = ["ID  AGE  GENDER  ACCENTS  REGION COMMENTS"]
+    for k, spk in enumerate(VCTK_SPEAKERS):
+        lines.append(f"{spk}  23  F    English    Southern  England")
+        folder = root / "wav48_silence_trimmed" / spk
+        folder.mkdir(parents=True)
+        for i in range(1, clips_per_speaker + 1):
+            for mic in ("mic1", "mic2"):
+                sf.write(folder / f"{spk}_{i:03d}_{mic}.flac", tone(n, 150 + 30 * k, 48000), 48000, format="FLAC")
+            if spk != "p315":
+                (root / "txt" / spk).mkdir(parents=True, exist_ok=True)
+                (root / "txt" / spk / f"{spk}_{i:03d}.txt").write_text("Please call Stella.\n")
+    (root / "wav48_silence_trimmed" / "log.txt").write_text("not a speaker folder\n")
+    (root / "speaker-info.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def make_libritts(root: Path, seconds: float = 0.25) -> Path:
+    """A LibriTTS layout: <subset>/<speaker>/<chapter>/<utt>.wav at 24 kHz with both transcripts."""
+    n = int(24000 * seconds)
+    layout = {"train-clean-100": {"19": ["198", "227"], "26": ["495"], "32": ["21631"]}, "dev-clean": {"84": ["121123"]}}
+    for subset, speakers in layout.items():
+        for spk, chapters in speakers.items():
+            for chapter in chapters:
+                folder = root / subset / spk / chapter
+                folder.mkdir(parents=True)
+                for u in range(2):
+                    stem = f"{spk}_{chapter}_000{u:03d}_000000"
+                    sf.write(folder / f"{stem}.wav", tone(n, 180 + int(spk), 24000), 24000)
+                    (folder / f"{stem}.normalized.txt").write_text("He was here.")
+                    (folder / f"{stem}.original.txt").write_text("He was here.")
+                (folder / f"{spk}_{chapter}.book.tsv").write_text("x\n")
+    return root
+
+
+def test_discover_vctk_mics_and_speakers(tmp_path: Path, caplog) -> None:
+    root = make_vctk(tmp_path / "VCTK-Corpus-0.92")
+    with caplog.at_level(logging.INFO, logger="waveglow.data"):
+        corpus = discover_corpus(make_cfg(root, data="vctk").data)
+    assert len(corpus.clips) == 3 * len(VCTK_SPEAKERS) and not corpus.bad
+    assert corpus.clips[0].id == "p225/p225_001" and corpus.clips[0].path.name == "p225_001_mic1.flac"
+    assert set(corpus.speakers()) == set(VCTK_SPEAKERS)
+    assert "without transcripts (p315)" in caplog.text
+    mic2 = discover_corpus(make_cfg(root, "data.mic=mic2", data="vctk").data)
+    assert [c.id for c in mic2.clips] == [c.id for c in corpus.clips]
+    assert all(c.path.name.endswith("_mic2.flac") for c in mic2.clips)
+    with pytest.raises(UserError, match="wav48_silence_trimmed: not found; expected VCTK 0.92 layout"):
+        discover_corpus(make_cfg(tmp_path, data="vctk").data)
+
+
+def test_discover_libritts_subsets(tmp_path: Path) -> None:
+    root = make_libritts(tmp_path / "LibriTTS")
+    train = discover_corpus(make_cfg(root, data="libritts").data)  # data.subsets=[train-clean-100]
+    assert len(train.clips) == 8 and set(train.speakers()) == {"19", "26", "32"}
+    assert train.clips[0].id == "train-clean-100/19/198/19_198_000000_000000"
+    both = discover_corpus(make_cfg(root, "data.subsets=[]", data="libritts").data)
+    assert len(both.clips) == 10 and "84" in both.speakers()
+    with pytest.raises(UserError, match=r"data.subsets: 'train-clean-360' is not a folder .*found: dev-clean, "
+                                        "train-clean-100"):
+        discover_corpus(make_cfg(root, "data.subsets=[train-clean-360]", data="libritts").data)
+
+
+@pytest.mark.parametrize("kind", ["vctk", "libritts"])
+def test_speaker_held_out_splits(kind: str, tmp_path: Path) -> None:
+    root = make_vctk(tmp_path / "c") if kind == "vctk" else make_libritts(tmp_path / "c")
+    over = ["data.splits.n_val_speakers=1", "data.splits.n_val=2", "data.splits.n_test=1"]
+    if kind == "libritts":
+        over.append("data.subsets=[]")
+    cfg = make_cfg(root, *over, data=kind)
+    splits = ensure_splits(cfg.data)
+    corpus = discover_corpus(cfg.data)
+    spk = {c.id: c.speaker for c in corpus.clips}
+    unseen = set(splits["val_unseen"])
+    held = {spk[i] for i in unseen}
+    assert len(held) == 1 and unseen <= set(splits["test"])
+    assert not held & {spk[i] for i in splits["train"] + splits["val"]}  # never trained or validated on
+    assert {i for s in splits.values() for i in s} == set(spk)  # every clip somewhere
+    assert len(splits["val"]) == 2 and (root / "splits" / "val_unseen.txt").is_file()
+    assert ensure_splits(cfg.data) == splits  # read back, not redrawn
+    n = len(set(spk.values()))
+    shutil.rmtree(root / "splits")
+    too_many = make_cfg(root, *over[1:], f"data.splits.n_val_speakers={n}", *over[3:], data=kind)
+    with pytest.raises(UserError, match=f"n_val_speakers={n}: the corpus has {n} speakers"):
+        ensure_splits(too_many.data)
+    assert not (root / "splits").exists()
+
+
+@pytest.mark.parametrize("kind", ["vctk", "libritts"])
+def test_preprocess_multi_speaker_corpus(kind: str, tmp_path: Path, single_thread) -> None:
+    from waveglow.data import preprocess_corpus
+
+    root = make_vctk(tmp_path / "c", clips_per_speaker=2) if kind == "vctk" else make_libritts(tmp_path / "c")
+    over = ["data.splits.n_val_speakers=1", "data.splits.n_val=1", "data.splits.n_test=1"]
+    if kind == "libritts":
+        over += ["audio=24k"]
+    cfg = make_cfg(root, *over, data=kind)
+    report = preprocess_corpus(cfg, num_workers=1, progress=False)
+    assert report.n_ok == report.n_clips == len(discover_corpus(cfg.data).clips) and not report.bad
+    rows = [line for line in (root / "cache" / "manifest.jsonl").read_text().splitlines() if line]
+    unseen = (root / "splits" / "val_unseen.txt").read_text().split()
+    assert unseen and all(any(f'"{u}"' in r and '"test"' in r for r in rows) for u in unseen)

@@ -36,6 +36,8 @@ class SplitsConfig:
     n_val: int = setting(100, "validation clips", min=0)
     n_test: int = setting(500, "held-out test clips", min=0)
     seed: int = setting(1234, "seed of the split shuffle", min=0)
+    n_val_speakers: int = setting(0, "multi-speaker layouts (vctk, libritts): whole speakers held out of "
+                                  "training; their clips go to test, n_val of them also to val_unseen", min=0)
 
 
 @dataclass
@@ -51,8 +53,12 @@ class DataConfig:
 
     name: str = setting("ljspeech", "corpus name (run directory names, messages)")
     root: str = setting(MISSING, "corpus folder")
-    layout: str = setting("ljspeech", "ljspeech (metadata.csv + wavs/) | folder (any .wav/.flac below root)",
-                          choices=("ljspeech", "folder"))
+    layout: str = setting("ljspeech", "ljspeech (metadata.csv + wavs/) | folder (any .wav/.flac below root) | "
+                          "vctk (VCTK 0.92: wav48_silence_trimmed/<spk>/*_<mic>.flac) | libritts "
+                          "(<subset>/<spk>/<chapter>/<utt>.wav)", choices=("ljspeech", "folder", "vctk", "libritts"))
+    mic: str = setting("mic1", "vctk: which microphone's recordings (mic1 | mic2)", choices=("mic1", "mic2"))
+    subsets: list[str] = setting(factory=list, help="libritts: the subset folders to use (e.g. [train-clean-100]; "
+                                 "empty: every subset folder under root)")
     cache_dir: str | None = setting(None, "mel cache, manifest and statistics (null: <root>/cache, or "
                                     "<root>/cache-<mel_dir name> with data.mel_dir)")
     splits: SplitsConfig = setting(factory=SplitsConfig, help="validation/test split sizes")

@@ -1,8 +1,12 @@
 """Corpus discovery and the train/val/test splits.
 
-A corpus is LJSpeech layout (`metadata.csv` + `wavs/`) or any folder of WAV/FLAC files. Clip
-ids are stable names (the metadata id, or the path below root without suffix); splits are
-filelists of ids under `<root>/splits/`. Nothing here decodes audio.
+A corpus is LJSpeech layout (`metadata.csv` + `wavs/`), any folder of WAV/FLAC files, or a
+multi-speaker corpus: VCTK 0.92 (`wav48_silence_trimmed/<spk>/<spk>_<nnn>_<mic>.flac`) or
+LibriTTS / LibriTTS-R (`<subset>/<spk>/<chapter>/<utt>.wav`). Clip ids are stable names (the
+metadata id, or the path below root without suffix; `<spk>/<spk>_<nnn>` for VCTK); splits are
+filelists of ids under `<root>/splits/`. Multi-speaker corpora can hold out whole speakers
+(`data.splits.n_val_speakers`): `val_unseen.txt` then lists clips of speakers training never
+sees. Nothing here decodes audio.
 """
 
 from __future__ import annotations
@@ -25,6 +29,11 @@ log = logging.getLogger("waveglow.data")
 SPLITS = ("train", "val", "test")
 LJSPEECH_HINT = "LJSpeech layout: metadata.csv (id|text|normalized text) and wavs/<id>.wav"
 FOLDER_HINT = "a folder of .wav/.flac files (any depth)"
+VCTK_HINT = "VCTK 0.92 layout: wav48_silence_trimmed/<speaker>/<speaker>_<nnn>_mic1.flac and speaker-info.txt"
+LIBRITTS_HINT = "LibriTTS layout: <subset>/<speaker>/<chapter>/<utterance>.wav (e.g. train-clean-100/19/198/...)"
+HINTS = {"ljspeech": LJSPEECH_HINT, "folder": FOLDER_HINT, "vctk": VCTK_HINT, "libritts": LIBRITTS_HINT}
+# Held-out-speaker validation clips: an optional fourth filelist beside SPLITS.
+UNSEEN = "val_unseen"
 
 
 def corpus_root(data_cfg: DataConfig) -> Path:
@@ -55,6 +64,7 @@ class Clip:
 
     id: str
     path: Path
+    speaker: str | None = None  # multi-speaker layouts
 
 
 @dataclass(frozen=True)
@@ -78,9 +88,17 @@ class Corpus:
     def by_id(self) -> dict[str, Clip]:
         return {c.id: c for c in self.clips}
 
+    def speakers(self) -> dict[str, list[str]]:
+        """Speaker -> its clip ids (empty for single-speaker layouts)."""
+        out: dict[str, list[str]] = {}
+        for c in self.clips:
+            if c.speaker is not None:
+                out.setdefault(c.speaker, []).append(c.id)
+        return out
+
 
 def _missing_root_error(data_cfg: DataConfig) -> UserError:
-    hint = LJSPEECH_HINT if data_cfg.layout == "ljspeech" else FOLDER_HINT
+    hint = HINTS.get(data_cfg.layout, FOLDER_HINT)
     return UserError(f"data.root={data_cfg.root}: corpus folder not found (looked in "
                      f"{corpus_root(data_cfg).absolute()}); expected {hint}")
 
@@ -103,10 +121,14 @@ def discover_corpus(data_cfg: DataConfig) -> Corpus:
         raise _missing_root_error(data_cfg)
     if data_cfg.layout == "ljspeech":
         corpus = _discover_ljspeech(root)
+    elif data_cfg.layout == "vctk":
+        corpus = _discover_vctk(root, str(data_cfg.mic))
+    elif data_cfg.layout == "libritts":
+        corpus = _discover_libritts(root, [str(s) for s in data_cfg.subsets])
     else:
         corpus = _discover_folder(root, cache_dir(data_cfg))
     if not corpus.clips:
-        hint = LJSPEECH_HINT if data_cfg.layout == "ljspeech" else FOLDER_HINT
+        hint = HINTS.get(data_cfg.layout, FOLDER_HINT)
         detail = ""
         if corpus.bad:
             detail = f" ({len(corpus.bad)} unusable, e.g. {corpus.bad[0].path}: {corpus.bad[0].reason})"
@@ -192,6 +214,88 @@ def _discover_folder(root: Path, cache: Path) -> Corpus:
     return Corpus(root, "folder", [clips[k] for k in sorted(clips)], bad)
 
 
+def _speaker_dirs(folder: Path) -> list[Path]:
+    with os.scandir(folder) as entries:
+        return sorted(Path(e.path) for e in entries if e.is_dir() and not e.name.startswith("."))
+
+
+def _discover_vctk(root: Path, mic: str) -> Corpus:
+    """VCTK 0.92: `wav48_silence_trimmed/<spk>/<spk>_<nnn>_<mic>.flac` (48 kHz FLAC).
+
+    Clip ids are `<spk>/<spk>_<nnn>` (the microphone is a setting, not part of the id). Speakers
+    without transcripts (`txt/<spk>/` missing, as for p315) are kept: a vocoder needs no text.
+    """
+    audio = root / "wav48_silence_trimmed"
+    if not audio.is_dir():
+        raise UserError(f"{audio.absolute()}: not found; expected {VCTK_HINT}")
+    info = root / "speaker-info.txt"
+    listed: set[str] = set()
+    if info.is_file():
+        for line in info.read_text(encoding="utf-8", errors="replace").splitlines()[1:]:
+            if line.strip() and not line.lstrip().startswith(";"):
+                listed.add(line.split()[0])
+    else:
+        log.warning("%s: not found (VCTK lists its speakers there); using the speaker folders as found", info)
+    clips: list[Clip] = []
+    bad: list[BadFile] = []
+    no_text = []
+    suffix = f"_{mic}"
+    for folder in _speaker_dirs(audio):
+        spk = folder.name
+        if listed and spk not in listed:
+            log.info("%s: speaker %s is not in speaker-info.txt; using its clips", root, spk)
+        if not (root / "txt" / spk).is_dir():
+            no_text.append(spk)
+        for path in sorted(folder.iterdir()):
+            stem, ext = path.stem, path.suffix.lower()
+            if path.name.startswith(".") or not stem.endswith(suffix):
+                continue  # the other microphone, or not a recording
+            clip_id = f"{spk}/{stem[: -len(suffix)]}"
+            if ext in AUDIO_SUFFIXES:
+                clips.append(Clip(clip_id, path, spk))
+            elif ext in OTHER_AUDIO_SUFFIXES:
+                bad.append(BadFile(str(path), f"wrong extension {path.suffix!r}; expected .flac or .wav", clip_id))
+    if no_text:
+        log.info("%s: %d speaker(s) without transcripts (%s); their audio is used", root, len(no_text),
+                 ", ".join(no_text[:5]))
+    clips.sort(key=lambda c: c.id)
+    return Corpus(root, "vctk", clips, bad)
+
+
+def _discover_libritts(root: Path, subsets: list[str]) -> Corpus:
+    """LibriTTS / LibriTTS-R: `<subset>/<spk>/<chapter>/<utt>.wav` (24 kHz), each wav with its
+    `.normalized.txt` / `.original.txt` beside it. Clip ids are `<subset>/<spk>/<chapter>/<utt>`.
+
+    Raises:
+        UserError: a subset named in `data.subsets` is not a folder under root.
+    """
+    found = _speaker_dirs(root)
+    names = [p.name for p in found if p.name not in ("splits", "cache") and not p.name.startswith("cache-")]
+    if subsets:
+        missing = [s for s in subsets if s not in names]
+        if missing:
+            raise UserError(f"data.subsets: {missing[0]!r} is not a folder of {root.absolute()} "
+                            f"(found: {', '.join(names) or 'none'}); expected {LIBRITTS_HINT}")
+        names = list(subsets)
+    clips: list[Clip] = []
+    bad: list[BadFile] = []
+    for subset in names:
+        for spk_dir in _speaker_dirs(root / subset):
+            for chapter in _speaker_dirs(spk_dir):
+                for path in sorted(chapter.iterdir()):
+                    ext = path.suffix.lower()
+                    clip_id = path.relative_to(root).with_suffix("").as_posix()
+                    if path.name.startswith("."):
+                        continue
+                    if ext in AUDIO_SUFFIXES:
+                        clips.append(Clip(clip_id, path, spk_dir.name))
+                    elif ext in OTHER_AUDIO_SUFFIXES:
+                        bad.append(BadFile(str(path), f"wrong extension {path.suffix!r}; expected .wav or .flac",
+                                           clip_id))
+    clips.sort(key=lambda c: c.id)
+    return Corpus(root, "libritts", clips, bad)
+
+
 # ----------------------------------------------------------------------------- splits
 
 # At least this share of a corpus is kept for training, however small the corpus (issue: a
@@ -225,6 +329,19 @@ def split_files(data_cfg: DataConfig) -> dict[str, Path]:
     return {name: split_dir / f"{name}.txt" for name in SPLITS}
 
 
+def speaker_of(layout: str, clip_id: str) -> str | None:
+    """The speaker of a clip id of a multi-speaker layout (None otherwise).
+
+    VCTK ids are `<spk>/<spk>_<nnn>`, LibriTTS ids `<subset>/<spk>/<chapter>/<utt>`.
+    """
+    parts = clip_id.split("/")
+    if layout == "vctk" and len(parts) >= 2:
+        return parts[0]
+    if layout == "libritts" and len(parts) >= 4:
+        return parts[1]
+    return None
+
+
 def read_splits(data_cfg: DataConfig) -> dict[str, list[str]] | None:
     """The written splits, or None when none are written yet.
 
@@ -243,7 +360,39 @@ def read_splits(data_cfg: DataConfig) -> dict[str, list[str]] | None:
     splits = {name: _read_ids(p) for name, p in files.items()}
     if not splits["train"] or not splits["val"]:
         raise UserError(f"{split_dir.absolute()}: train.txt and val.txt must list at least one clip id each")
+    unseen = split_dir / f"{UNSEEN}.txt"
+    if unseen.is_file():  # held-out speakers (multi-speaker corpora); their clips are in test.txt too
+        splits[UNSEEN] = _read_ids(unseen)
     return splits
+
+
+def _hold_out_speakers(data_cfg: DataConfig, ids: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """Split the ids by speaker: (ids of the speakers training sees, ids of the held-out speakers,
+    the held-out speakers). No held-out speakers for single-speaker layouts or n_val_speakers 0.
+
+    Raises:
+        UserError: n_val_speakers would leave no speaker for training.
+    """
+    n = int(getattr(data_cfg.splits, "n_val_speakers", 0) or 0)
+    by_speaker: dict[str, list[str]] = {}
+    for i in ids:
+        spk = speaker_of(str(data_cfg.layout), i)
+        if spk is not None:
+            by_speaker.setdefault(spk, []).append(i)
+    if n == 0 or not by_speaker:
+        if n and not by_speaker:
+            log.warning("data.splits.n_val_speakers=%d: data.layout=%s has no speakers; no speaker is held out",
+                        n, data_cfg.layout)
+        return ids, [], []
+    speakers = sorted(by_speaker)
+    if n >= len(speakers):
+        raise UserError(f"data.splits.n_val_speakers={n}: the corpus has {len(speakers)} speakers and at least "
+                        "one must remain for training")
+    order = list(speakers)
+    random.Random(int(data_cfg.splits.seed)).shuffle(order)
+    held = sorted(order[:n])
+    unseen = sorted(i for s in held for i in by_speaker[s])
+    return [i for i in ids if speaker_of(str(data_cfg.layout), i) not in held], unseen, held
 
 
 def ensure_splits(data_cfg: DataConfig, usable: Sequence[str] | None = None) -> dict[str, list[str]]:
@@ -271,6 +420,7 @@ def ensure_splits(data_cfg: DataConfig, usable: Sequence[str] | None = None) -> 
     ids = sorted(usable) if usable is not None else [c.id for c in discover_corpus(data_cfg).clips]
     if not ids:
         raise UserError(f"{root.absolute()}: no usable clips to draw the splits from")
+    ids, unseen, held = _hold_out_speakers(data_cfg, ids)
     split_cfg = data_cfg.splits
     n_val, n_test, shrunk = _split_sizes(len(ids), split_cfg.n_val, split_cfg.n_test)
     if shrunk:
@@ -284,10 +434,19 @@ def ensure_splits(data_cfg: DataConfig, usable: Sequence[str] | None = None) -> 
     if len(train) < MIN_TRAIN_SHARE * len(ids):  # too few to hold one out: validate on a training clip
         train = list(ids)
         log.warning("%s: %d clip(s) only; the validation clip is also a training clip", root, len(ids))
-    splits = {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
+    splits = {"train": sorted(train), "val": sorted(val), "test": sorted(test + unseen)}
     files = split_files(data_cfg)
+    if held:
+        # Every clip of a held-out speaker is a test clip; n_val of them also validate during training.
+        pick = list(unseen)
+        random.Random(int(split_cfg.seed) + 1).shuffle(pick)
+        splits[UNSEEN] = sorted(pick[: max(1, n_val)])
+        files[UNSEEN] = files["train"].parent / f"{UNSEEN}.txt"
+        log.info("%s: held out %d speaker(s) (%s): %d clips in test, %d in %s", root, len(held),
+                 ", ".join(held[:8]), len(unseen), len(splits[UNSEEN]), UNSEEN)
     try:
-        for name in SPLITS:
+        # val_unseen first: the three SPLITS files are what marks the splits as written.
+        for name in sorted(files, key=lambda n: n in SPLITS):
             write_text_atomic(files[name], "".join(f"{i}\n" for i in splits[name]))
     except OSError as e:
         raise UserError(f"{files['train'].parent.absolute()}: cannot write the split filelists ({e.strerror}); "
