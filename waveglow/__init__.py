@@ -8,6 +8,7 @@ Public API (imported lazily so that `import waveglow` stays fast for the CLIs):
     Synthesizer     mel files -> WAV files, batched, chunked or streamed, on CPU or CUDA
     enhance         likelihood-guided repair of damaged stretches of a recording
     convert         encode with the input's own mel, change the mel or the latent, decode
+    evaluate        objective metrics (PESQ, STOI, F0, MCD, ...) of checkpoints on clips, with baselines
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ _EXPORTS = {
     "Synthesizer": "waveglow.inference",
     "enhance": "waveglow.inference.enhance",
     "convert": "waveglow.inference.convert",
+    "evaluate": "waveglow.eval",
     "UserError": "waveglow.errors",
 }
 

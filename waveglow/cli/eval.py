@@ -20,7 +20,7 @@ from waveglow.cli.synthesize import input_spec
 from waveglow.config.apps import EvalApp
 from waveglow.eval import METRICS, evaluate
 from waveglow.eval.sources import corpus_clips
-from waveglow.eval.summary import summarize, table, write_csv, write_json
+from waveglow.eval.summary import SHORT, summarize, table, write_csv, write_json
 
 log = logging.getLogger("waveglow.eval")
 
@@ -82,8 +82,7 @@ def main(cfg: EvalApp) -> None:
     print(f"\n{len(clips_done)} clips ({source}), mean ± 95% interval over clips, * best checkpoint or "
           "Griffin-Lim per column:", flush=True)
     print(table(summary, metrics), flush=True)
-    units = "; ".join(f"{m}: {METRICS[m].unit}, {METRICS[m].direction}" for m in metrics)
-    print(f"({units})")
+    print("\n".join(f"  {SHORT.get(m, m)}: {METRICS[m].label}; {METRICS[m].source}" for m in metrics))
     print(f"evaluated in {time.perf_counter() - t0:.1f} s; wrote {', '.join(map(str, written))}", flush=True)
 
 

@@ -21,6 +21,9 @@ from waveglow.eval.metrics import METRICS
 from waveglow.fileio import write_text_atomic
 
 REFERENCE_LINES = ("ground_truth", "noise")
+# Column heads of the printed table (units in the legend below it).
+SHORT = {"log_likelihood": "nats/sample", "mel_l1": "mel L1", "mr_stft": "MR-STFT", "pesq": "PESQ", "stoi": "STOI",
+         "estoi": "ESTOI", "f0_rmse": "F0 cents", "vuv_error": "V/UV %", "mcd": "MCD dB", "rtf": "RTF"}
 
 
 def mean_ci95(values: Sequence[float]) -> tuple[float, float, int]:
@@ -66,9 +69,7 @@ def best_systems(summary: dict[str, dict[str, dict[str, float]]], metrics: Seque
 def _fmt(value: float, metric: str) -> str:
     if not math.isfinite(value):
         return "-"
-    digits = 1 if metric in ("f0_rmse", "vuv_error", "rtf") else 3 if metric in ("pesq", "stoi", "estoi") else 2
-    if metric in ("mel_l1", "mr_stft", "log_likelihood"):
-        digits = 3
+    digits = {"f0_rmse": 1, "vuv_error": 1, "mcd": 2, "rtf": 2, "mr_stft": 2}.get(metric, 3)
     return f"{value:.{digits}f}"
 
 
@@ -76,8 +77,7 @@ def table(summary: dict[str, dict[str, dict[str, float]]], metrics: Sequence[str
           ) -> str:
     """The summary as a text (or Markdown) table: mean ± 95% interval, best per column marked *."""
     best = best_systems(summary, metrics)
-    head = ["system", *[f"{METRICS[m].title} ({METRICS[m].unit}) {'↑' if METRICS[m].higher_is_better else '↓'}"
-                        for m in metrics]]
+    head = ["system", *[f"{SHORT.get(m, m)} {'↑' if METRICS[m].higher_is_better else '↓'}" for m in metrics]]
     rows = []
     for s, vals in summary.items():
         cells = [s]
