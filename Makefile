@@ -34,6 +34,7 @@ LJSPEECH_URL    ?= https://data.keithito.com/data/speech/LJSpeech-1.1.tar.bz2
 LJSPEECH_SHA256 ?= be1a30453f28eb8dd26af4101ae40cbf2c50413b1bb21936cbcdc6fae3de8aa5
 
 .PHONY: help install test test-all demo ljspeech preprocess train synthesize tensorboard bench gpu-check finetune-gta lint clean
+.PHONY: eval
 
 help: ## list the targets
 	@echo "WaveGlow toolkit — make targets:"
@@ -97,6 +98,13 @@ bench: install ## speed table (kHz, real-time factor, % of machine peak) for tin
 
 gpu-check: install ## everything CUDA in one run: CUDA tests, fp16/bf16 training, synthesis kHz + SNR, bench (< 8 min on one GPU)
 	$(PY) scripts/gpu_check.py
+
+# make eval: the demo run's best checkpoint on the demo corpus's test split unless told otherwise.
+EVAL_CKPT = $(if $(CKPT),$(CKPT),checkpoints/demo-tiny/checkpoints/best.pt)
+EVAL_DATA ?= demo
+EVAL_OUT  ?= outputs/eval
+eval: install ## objective metrics + report.html: make eval CKPT=<ckpt | run dir> [EVAL_DATA=demo EVAL_OUT=outputs/eval]
+	$(BIN)/waveglow-eval "checkpoint=$(EVAL_CKPT)" data=$(EVAL_DATA) "output_dir=$(EVAL_OUT)" $(ARGS)
 
 lint: install ## ruff
 	$(BIN)/ruff check waveglow tests scripts
