@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import run_cli
 from data_helpers import SR, make_cfg
 
 import waveglow.data.clipwork as clipwork
@@ -152,3 +153,21 @@ def test_manifest_of_an_older_version_is_upgraded_once(cached, monkeypatch: pyte
     assert all("audio_stat" in r and "paired_stat" in r for r in manifest(cfg).values())
     monkeypatch.setattr(preprocess, "preprocess_corpus", lambda *a, **k: pytest.fail("preprocessed again"))
     load_stats(cfg, progress=False)
+
+
+@pytest.mark.slow  # a real training start (about 1-2 minutes on a busy 2-core machine)
+def test_train_notices_a_deleted_paired_mel(cached, tmp_path: Path) -> None:
+    """The way it was found: delete `data.mel_dir/<id>.pt` after caching and train again. The run
+    says so before training, lists the clip in bad_files.tsv and trains without it."""
+    cfg, root, mel_dir, ids, _ = cached
+    gone = ids[4]
+    (mel_dir / f"{gone}.pt").unlink()
+    proc = run_cli("waveglow-train", "data=demo", f"data.root={root}", f"data.mel_dir={mel_dir}", "data.num_workers=1",
+                   "model=tiny", "data.segment_length=4096", "train.batch_size=2", "train.max_steps=1",
+                   "train.val_segment_length=4096", "train.val_max_clips=1", "train.audio_every=0",
+                   "train.logdet_every=0", "train.threads=1", "train.device=cpu", f"run_dir={tmp_path / 'run'}",
+                   timeout=240)
+    assert f"1 gone (e.g. {mel_dir / gone}.pt)" in proc.stderr and "preprocessing again" in proc.stderr, proc.stderr
+    assert f"skipped {root / 'wavs' / gone}.wav: no paired mel" in proc.stderr
+    assert f"{gone}.wav\tno paired mel" in (preprocess.cache_dir(cfg.data) / "bad_files.tsv").read_text()
+    assert gone not in manifest(cfg)
