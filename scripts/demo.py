@@ -4,8 +4,10 @@
 Preprocesses the bundled demo corpus, trains the `tiny` model on it for a few minutes, turns the
 held-out clips into mel files, vocodes them to outputs/demo/*.wav, repairs one held-out clip
 with clicks and a noise burst injected (outputs/demo/repaired/), converts one with a formant
-shift (outputs/demo/converted/), and prints the validation log-likelihood before and after
-training. Every step runs the real console scripts, so what the demo shows is what a user gets.
+shift (outputs/demo/converted/), evaluates the model on the test clips next to Griffin-Lim and the
+ground truth (outputs/demo/eval/report.html), and prints the validation log-likelihood before and
+after training and the evaluation table. Every step runs the real console scripts, so what the
+demo shows is what a user gets.
 
 Environment overrides: DEMO_STEPS (training steps), DEMO_RUN_DIR, DEMO_OUT, DEMO_THREADS (`make demo
 THREADS=N`: the thread setting of every step that has one; unset, each takes the cores free at its start).
@@ -69,9 +71,9 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 def main() -> None:
     t_start = time.perf_counter()
-    step("1/6 preprocess the demo corpus (mels, splits, statistics)", "waveglow-preprocess", "data=demo")
+    step("1/7 preprocess the demo corpus (mels, splits, statistics)", "waveglow-preprocess", "data=demo")
 
-    step(f"2/6 train model=tiny for {STEPS} steps on CPU (resumes if {RUN_DIR.name} exists)",
+    step(f"2/7 train model=tiny for {STEPS} steps on CPU (resumes if {RUN_DIR.name} exists)",
          "waveglow-train", "data=demo", "model=tiny", "train=demo", "data.segment_length=8192",
          f"train.max_steps={STEPS}", f"run_dir={RUN_DIR}")
 
@@ -82,24 +84,26 @@ def main() -> None:
     filelist = OUT / "held_out_wavs.txt"
     filelist.write_text("".join(f"{CORPUS / 'wavs' / (i + '.wav')}\n" for i in held_out))
     mel_dir = OUT / "mels"
-    step(f"3/6 mel files for the {len(held_out)} held-out clips", "waveglow-mel",
+    step(f"3/7 mel files for the {len(held_out)} held-out clips", "waveglow-mel",
          f"input={filelist}", f"output_dir={mel_dir}")
 
     ckpt = RUN_DIR / "checkpoints" / "best.pt"
     if not ckpt.exists():
         ckpt = RUN_DIR / "checkpoints" / "last.pt"
-    step("4/6 synthesize WAVs from the mel files", "waveglow-synthesize", f"checkpoint={ckpt}",
+    step("4/7 synthesize WAVs from the mel files", "waveglow-synthesize", f"checkpoint={ckpt}",
          f"input={mel_dir}", f"output_dir={OUT}")
 
     # A damaged copy of one held-out clip: three full-scale clicks and 20 ms of noise.
     clip = test_ids[0]
     damaged = OUT / "damaged" / f"{clip}.wav"
     damage(CORPUS / "wavs" / f"{clip}.wav", damaged)
-    step("5/6 repair a held-out clip with clicks and a noise burst injected (outputs: repaired/)",
+    step("5/7 repair a held-out clip with clicks and a noise burst injected (outputs: repaired/)",
          "waveglow-enhance", f"checkpoint={ckpt}", f"input={damaged}", f"output_dir={OUT / 'repaired'}")
-    step("6/6 convert a held-out clip with formants shifted up 15% (outputs: converted/)",
+    step("6/7 convert a held-out clip with formants shifted up 15% (outputs: converted/)",
          "waveglow-convert", f"checkpoint={ckpt}", f"input={CORPUS / 'wavs' / (clip + '.wav')}",
          f"output_dir={OUT / 'converted'}", "formant_shift=1.15")
+    step("7/7 evaluate on the test clips next to Griffin-Lim and the ground truth (outputs: eval/)",
+         "waveglow-eval", f"checkpoint={ckpt}", "data=demo", "split=test", f"output_dir={OUT / 'eval'}")
 
     metrics = read_metrics(RUN_DIR)
     print("\n==> done in %.1f min" % ((time.perf_counter() - t_start) / 60))
@@ -117,6 +121,21 @@ def main() -> None:
     print(f"    conversion: {shown}/converted/{clip}.wav (formant_shift=1.15)")
     print(f"    checkpoint: {ckpt.relative_to(REPO) if ckpt.is_relative_to(REPO) else ckpt}")
     print("    curves:     make tensorboard   (then open http://127.0.0.1:6006)")
+    print_eval_table(OUT / "eval", shown)
+
+
+def print_eval_table(eval_dir: Path, shown: Path) -> None:
+    """The evaluation's table again, read back from its summary.json (the last thing the demo says)."""
+    import math
+
+    from waveglow.eval.summary import table
+
+    doc = json.loads((eval_dir / "summary.json").read_text())
+    summary = {s: {m: {k: math.nan if v is None else v for k, v in vals.items()} for m, vals in per.items()}
+               for s, per in doc["systems"].items()}
+    print(f"\n==> the demo model on {doc['n_clips']} test clips (mean ± 95% interval; * best of model and "
+          f"Griffin-Lim; report: {shown}/eval/report.html)")
+    print(table(summary, list(doc["metrics"])))
 
 
 if __name__ == "__main__":
