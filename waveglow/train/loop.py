@@ -191,6 +191,8 @@ class Trainer:
         value = self.validator.log_likelihood()
         self.state.val_log_likelihood = value
         report_validation(self.state, value, self.monitor, self.run_dir / "metrics.jsonl", self.is_main)
+        # Held-out speakers (multi-speaker corpora): reported beside val; the guard and best.pt follow val.
+        self.validator.report_unseen(self.state.step, self.monitor, self.run_dir / "metrics.jsonl")
         return self.guard.after_validation(value)
 
     def log_audio(self) -> None:

@@ -47,6 +47,28 @@ class Validator:
         self.batch_size = batch_size
         self.multiple = multiple
         self._griffin_lim: dict[str, float] | None = None  # computed once per run
+        self.unseen_set = unseen_dataset(cfg, multiple)
+
+    @torch.no_grad()
+    def unseen_log_likelihood(self) -> float | None:
+        """Mean log-likelihood of the held-out speakers' clips (`val_unseen`), nats per sample;
+        None when the corpus holds out no speakers. Every rank calls it (the sums are combined)."""
+        if self.unseen_set is None:
+            return None
+        with fixed_shapes_only():
+            return self._log_likelihood(self.unseen_set)
+
+    def report_unseen(self, step: int, monitor: Monitor, metrics_path: Path) -> float | None:
+        """Score `val_unseen` and report it beside val: log line, `val_unseen/log_likelihood` in
+        TensorBoard, a metrics.jsonl line. All ranks call it; rank 0 reports."""
+        value = self.unseen_log_likelihood()
+        if value is None or not self.ctx.is_main:
+            return value
+        log.info(f"step {step}: val_unseen log-likelihood {value:.4f} nats/sample "
+                 f"({len(self.unseen_set)} clip(s) of speakers held out of training)")
+        monitor.scalars(step, {"val_unseen/log_likelihood": value})
+        append_metric(metrics_path, {"step": step, "val_unseen_log_likelihood": value})
+        return value
 
     @torch.no_grad()
     def log_likelihood(self) -> float:
@@ -58,7 +80,8 @@ class Validator:
         with fixed_shapes_only():
             return self._log_likelihood()
 
-    def _log_likelihood(self) -> float:
+    def _log_likelihood(self, dataset: Dataset | None = None) -> float:
+        dataset = self.val_set if dataset is None else dataset
         device = self.ctx.device
         # Summed on the device: one host transfer for the whole split, not one per batch.
         total = torch.zeros((), dtype=torch.float64, device=device)
@@ -75,8 +98,8 @@ class Validator:
             count += audio.numel()
             group = []
 
-        for i in range(self.ctx.rank, len(self.val_set), self.ctx.world):
-            item = self.item(i)
+        for i in range(self.ctx.rank, len(dataset), self.ctx.world):
+            item = self.item(i, dataset)
             if group and (item["audio"].shape != group[0]["audio"].shape
                           or item["mel"].shape != group[0]["mel"].shape or len(group) >= self.batch_size):
                 flush()
@@ -85,9 +108,10 @@ class Validator:
         summed, n = self.ctx.all_sum([float(total), float(count)])
         return summed / n if n else float("nan")
 
-    def item(self, i: int) -> dict[str, Tensor]:
-        """Val example i cut to a length the model accepts (and the mel frames it needs)."""
-        item = self.val_set[i]
+    def item(self, i: int, dataset: Dataset | None = None) -> dict[str, Tensor]:
+        """Val example i (of `dataset`, default the val set) cut to a length the model accepts
+        (and the mel frames it needs)."""
+        item = (self.val_set if dataset is None else dataset)[i]
         audio = torch.as_tensor(item["audio"], dtype=torch.float32)
         mel = torch.as_tensor(item["mel"], dtype=torch.float32)
         n = audio.shape[-1] - audio.shape[-1] % self.multiple
@@ -146,6 +170,24 @@ class Validator:
                      f"{values['val/mr_stft']:.3f} (Griffin-Lim {GRIFFIN_LIM_ITERS} iterations: "
                      f"{values['val/mel_l1_griffinlim']:.3f}, {values['val/mr_stft_griffinlim']:.3f}; lower is better)")
         return values
+
+
+def unseen_dataset(cfg: TrainApp, multiple: int) -> Dataset | None:
+    """The clips of `<root>/splits/val_unseen.txt` (speakers held out of training, see
+    `data.splits.n_val_speakers`) as a validation set like val's, or None without that list."""
+    from waveglow.data.corpus import UNSEEN, read_splits
+    from waveglow.data.datasets import ClipDataset, split_clips
+
+    ids = set((read_splits(cfg.data) or {}).get(UNSEEN, []))
+    if not ids:
+        return None
+    clips = [c for c in split_clips(cfg, "test") if c.id in ids]  # held-out speakers' clips are test clips
+    t = cfg.train
+    seg = int(t.val_segment_length) - int(t.val_segment_length) % multiple if t.val_segment_length else None
+    limit = int(t.val_max_clips) if t.val_max_clips else None
+    dataset = ClipDataset(cfg, "test", segment_length=seg, multiple_of=multiple, max_clips=limit,
+                          seed=int(t.seed), clips=clips)
+    return dataset if len(dataset) else None
 
 
 def report_validation(state: LoopState, value: float, monitor: Monitor, metrics_path: Path, is_main: bool) -> None:
