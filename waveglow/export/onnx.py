@@ -52,6 +52,11 @@ PARITY_TOLERANCE = 1e-4
 # The shape the graph is traced at, and the other one it is checked at.
 TRACE_SHAPE = (1, 8)  # (batch, frames)
 CHECK_SHAPE = (3, 13)
+MIN_OPSET = 13
+try:  # the highest opset this torch's exporter writes (23 in torch 2.13); 20 where unknown
+    from torch.onnx._constants import ONNX_MAX_OPSET as MAX_OPSET
+except ImportError:  # pragma: no cover - depends on the torch version
+    MAX_OPSET = 20
 
 
 def require_onnx() -> None:
@@ -78,6 +83,18 @@ def check_output_path(path: str | os.PathLike, suffix: str = ".onnx") -> Path:
                 raise UserError(f"output={out}: {parent} is a file, not a folder")
             break
     return out
+
+
+def check_opset(opset: int) -> int:
+    """The `opset=` setting, checked before any work (the exporter refuses one it does not
+    know only after tracing, with a traceback).
+
+    Raises:
+        UserError: outside MIN_OPSET..MAX_OPSET.
+    """
+    if not MIN_OPSET <= int(opset) <= MAX_OPSET:
+        raise UserError(f"opset={opset}: this torch exports ONNX opsets {MIN_OPSET} to {MAX_OPSET}")
+    return int(opset)
 
 
 def example_inputs(n_mels: int, hop: int, batch: int, frames: int, seed: int = 0,
@@ -116,12 +133,16 @@ def onnx_model_bytes(model: WaveGlow, opset: int = 17) -> bytes:
 
     Args:
         model: a WaveGlow (not modified; weight norm folded or not).
-        opset: ONNX opset (>= 13).
+        opset: ONNX opset (MIN_OPSET..MAX_OPSET).
 
     Returns:
         The model file's bytes.
+
+    Raises:
+        UserError: the `export` extra is missing, or an opset this torch does not export.
     """
     require_onnx()
+    check_opset(opset)
     graph = SynthesisGraph(model)
     mel, z = example_inputs(graph.n_mels, graph.hop_length, *TRACE_SHAPE)
     buffer = io.BytesIO()
@@ -221,6 +242,7 @@ def export_onnx(model: WaveGlow, output: str | os.PathLike, opset: int = 17) -> 
         UserError: a bad output name or an unwritable output.
     """
     out = check_output_path(output)
+    check_opset(opset)
     data = onnx_model_bytes(model, opset)
     diff = check_parity(model, session(data))
     write(out, data)
