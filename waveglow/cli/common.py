@@ -547,6 +547,10 @@ def app(script: Script) -> Callable[[Callable[[Any], Any]], Callable[[list[str] 
 
     def decorate(fn: Callable[[Any], Any]) -> Callable[[list[str] | None], Any]:
         def run(cfg: Any) -> Any:
+            if hasattr(cfg, "threads"):  # the scripts that compute (training: train.threads, in the trainer)
+                from waveglow.runtime import configure_threads
+
+                log.info(f"{script.name}: {configure_threads(cfg.threads).describe()}")
             return fn(cfg)
 
         def main(argv: list[str] | None = None) -> Any:

@@ -10,6 +10,10 @@ from waveglow.config.groups import AudioConfig, DataConfig, ModelConfig, TrainCo
 from waveglow.config.schema import MISSING, setting
 
 
+# `threads=` of every script that computes (training: `train.threads`); see waveglow.runtime.
+THREADS_HELP = "CPU intra-op threads (null: the cores free at start, see README 'Speed')"
+
+
 @dataclass
 class MelApp:
     audio: AudioConfig = field(default_factory=AudioConfig)
@@ -59,6 +63,7 @@ class InferenceSettings:
     on_error: str = setting("fail", "fail: stop at the first bad file | skip: continue, list them",
                             choices=("fail", "skip"))
     progress: bool = setting(True, "progress bar over files")
+    threads: int | None = setting(None, THREADS_HELP, min=1)
 
 
 CONVENTIONS = ("natural", "log10", "db")
@@ -128,7 +133,7 @@ class BenchApp:
     seconds: list[float] = setting(factory=lambda: [1.0], help="synthesis: audio seconds of mel per call", gt=0)
     batch: list[int] | None = setting(None, "null: synthesis 1, train 2", min=1)
     clock: str = setting("wall", "wall | cpu (process CPU time)", choices=("wall", "cpu"))
-    threads: int | None = setting(None, "torch intra-op threads (null: torch's default)", min=1)
+    threads: int | None = setting(None, THREADS_HELP, min=1)
     repeats: int = setting(5, "timed runs per case (median and min reported)", min=1)
     warmup: int | None = setting(None, "untimed runs first (null: 2 synthesis/preprocess, 1 train)", min=0)
     sigma: float = setting(0.6, "synthesis prior std", min=0)
@@ -187,6 +192,7 @@ class ExportApp:
     calibration: str | None = setting(None, "int8 calibration: mels (.pt/.npy) or audio (.wav/.flac) as a "
                                       "file | folder | glob | filelist (null: data/demo/wavs)")
     opset: int = setting(17, "ONNX opset", min=13)
+    threads: int | None = setting(None, THREADS_HELP, min=1)
 
 
 EVAL_METRICS = ("log_likelihood", "mel_l1", "mr_stft", "pesq", "stoi", "estoi", "f0_rmse", "vuv_error", "mcd", "rtf")
