@@ -79,8 +79,7 @@ def read_launch(environ: Mapping[str, str] | None = None) -> Launch:
                       local_world=local_world, launcher="torchrun" if world > 1 else "",
                       init_method="env://" if world > 1 else "", run_id=run_id,
                       multi_node=local_world < world, stale_restarts=stale and world > 1)
-    steps = env.get("SLURM_STEP_NUM_TASKS")
-    if steps is None or "SLURM_PROCID" not in env:
+    if "SLURM_STEP_NUM_TASKS" not in env or "SLURM_PROCID" not in env:
         tasks = env.get("SLURM_NTASKS", "1")
         if tasks.isdigit() and int(tasks) > 1:
             log.warning(f"SLURM_NTASKS={tasks} but this process is not one task of a job step: training in one "
