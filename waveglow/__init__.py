@@ -8,6 +8,7 @@ Public API (imported lazily so that `import waveglow` stays fast for the CLIs):
     Synthesizer     mel files -> WAV files, batched, chunked or streamed, on CPU or CUDA
     enhance         likelihood-guided repair of damaged stretches of a recording
     convert         encode with the input's own mel, change the mel or the latent, decode
+    save_audio      write audio as the scripts do (integer PCM rounded to the nearest step, float kept)
     evaluate        objective metrics (PESQ, STOI, F0, MCD, ...) of checkpoints on clips, with baselines
 """
 
@@ -26,6 +27,7 @@ _EXPORTS = {
     "convert": "waveglow.inference.convert",
     "evaluate": "waveglow.eval",
     "UserError": "waveglow.errors",
+    "save_audio": "waveglow.data.audio",
 }
 
 __all__ = list(_EXPORTS)

@@ -172,3 +172,11 @@ def test_enhance_keeps_float_samples_beyond_full_scale(checkpoint: Path, demo_ro
     beyond = (np.abs(audio) > 1) & ~repaired
     assert beyond.sum() >= 10
     assert np.array_equal(written[~repaired], audio[~repaired])
+
+
+def test_public_api_writes_the_same_way(tmp_path: Path) -> None:
+    import waveglow
+
+    x = (np.arange(-50, 50) + 0.5).astype(np.float64) / 32768  # ties: rounded to even codes
+    assert waveglow.save_audio(tmp_path / "p.wav", x, SR) == 0
+    np.testing.assert_array_equal(codes_in(tmp_path / "p.wav", 16), np.rint(x * 32768))
