@@ -29,7 +29,7 @@ h1{font-size:1.5em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #dd
 table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 .best{font-weight:bold;background:#e8f5e9}.systems{display:flex;flex-wrap:wrap;gap:1em}
-.system{border:1px solid #ddd;padding:.5em;border-radius:4px}.system h3{margin:.2em 0;font-size:1em}
+.system{border:1px solid #ddd;padding:.5em;border-radius:4px;max-width:280px}.system h3{margin:.2em 0;font-size:1em}
 audio{width:260px}img{max-width:100%}.note{color:#666;font-size:.9em}
 """
 
