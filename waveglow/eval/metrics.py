@@ -257,9 +257,12 @@ def measure_clip(task: ClipTask) -> ClipResult:
             try:
                 with torch.inference_mode():
                     row[name] = float(jobs[name]())
-            except ValueError as e:
+            except ValueError as e:  # undefined for this pair (silence, no voiced frame, ...)
                 row[name] = None
                 why.append(f"{name}: {e}")
+            except Exception as e:  # a library's own failure on one clip: that value only is lost
+                row[name] = None
+                why.append(f"{name}: failed ({type(e).__name__}: {str(e)[:120]})")
             seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
         values[system] = row
         notes[system] = why
