@@ -30,10 +30,11 @@ INIT   ?=
 AUDIO_libritts ?= 24k
 AUDIO  ?= $(AUDIO_$(DATA))
 AUDIO_ARG = $(if $(AUDIO),audio=$(AUDIO))
+LIBRITTS_SUBSETS ?= train-clean-100
 LJSPEECH_URL    ?= https://data.keithito.com/data/speech/LJSpeech-1.1.tar.bz2
 LJSPEECH_SHA256 ?= be1a30453f28eb8dd26af4101ae40cbf2c50413b1bb21936cbcdc6fae3de8aa5
 
-.PHONY: help install test test-all demo ljspeech preprocess train synthesize tensorboard bench gpu-check finetune-gta lint clean
+.PHONY: help install test test-all demo ljspeech vctk libritts preprocess train synthesize tensorboard bench gpu-check finetune-gta lint clean
 .PHONY: eval
 
 help: ## list the targets
@@ -69,6 +70,12 @@ demo: install ## train a tiny model on the bundled corpus and synthesize its hel
 
 ljspeech: install ## download LJSpeech-1.1 (checksum verified, resumable) into data/ and write its splits
 	$(BIN)/waveglow-download data=ljspeech data.download.url=$(LJSPEECH_URL) data.download.sha256=$(LJSPEECH_SHA256)
+
+vctk: install ## download VCTK 0.92 (md5 verified, resumable) into data/VCTK-Corpus-0.92 and write its splits
+	$(BIN)/waveglow-download data=vctk $(ARGS)
+
+libritts: install ## download the LibriTTS subsets LIBRITTS_SUBSETS (sha256 verified, resumable) into data/LibriTTS
+	$(BIN)/waveglow-download data=libritts "data.subsets=[$(LIBRITTS_SUBSETS)]" $(ARGS)
 
 preprocess: install ## cache mels, manifest, splits and mel statistics for DATA
 	$(BIN)/waveglow-preprocess data=$(DATA) $(AUDIO_ARG) $(ARGS)

@@ -74,6 +74,20 @@ def serve(archive: tuple[Path, str]) -> Iterator:
         s.close()
 
 
+@pytest.fixture
+def serve_file() -> Iterator:
+    """Loopback servers for any file: serve_file(path, **LoopbackServer options)."""
+    servers: list[LoopbackServer] = []
+
+    def start(path: Path, **kwargs: bool) -> LoopbackServer:
+        servers.append(LoopbackServer(path.read_bytes(), name=path.name, **kwargs))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()
+
+
 def _check_corpus(root: Path) -> None:
     assert (root / "metadata.csv").read_text().count("\n") == N_CLIPS
     assert len(list((root / "wavs").glob("*.wav"))) == N_CLIPS
@@ -232,3 +246,103 @@ def test_cli_errors(archive, tmp_path):
     assert proc.returncode == 2 and "sha256 mismatch" in proc.stderr
     assert proc.stderr.count("\n") <= 2 and "Traceback" not in proc.stderr
     assert not (tmp_path / "a.tar.bz2.part").exists() and not (tmp_path / TOP).exists()
+
+
+# ------------------------------------------------------------------ multi-speaker corpora
+
+def _zip_tree(src: Path, dest: Path, prefix: str = "") -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as zf:
+        for p in sorted(src.rglob("*")):
+            zf.write(p, prefix + p.relative_to(src).as_posix())
+    return dest
+
+
+def _cfg(*overrides: str):
+    from conftest import compose
+
+    return compose("waveglow_download", *overrides).data
+
+
+def test_vctk_zip_over_http_md5_then_splits(tmp_path, serve_file):
+    from speaker_corpora import make_vctk
+
+    from waveglow.data import discover_corpus
+    from waveglow.data.download import download_corpus
+
+    corpus = make_vctk(tmp_path / "src", clips_per_speaker=2)
+    z = _zip_tree(corpus, tmp_path / "VCTK-Corpus-0.92.zip")  # files at the zip's top level, as published
+    md5 = hashlib.md5(z.read_bytes()).hexdigest()
+    server = serve_file(z, truncate_first=True)
+    root = tmp_path / "data" / "VCTK-Corpus-0.92"
+    over = ["data=vctk", f"data.root={root}", f"data.download.url={server.url}", f"data.download.md5={md5}",
+            f"data.download.archive={tmp_path / 'data' / 'vctk.zip'}", "data.splits.n_val_speakers=1",
+            "data.splits.n_val=1", "data.splits.n_test=1"]
+    download_corpus(_cfg(*over), progress=False)
+    assert server.ranges[1] is not None  # resumed after the dropped connection
+    found = discover_corpus(_cfg(*over))
+    assert len(found.clips) == 10 and len(found.speakers()) == 5
+    assert (root / "speaker-info.txt").is_file() and (root / "splits" / "val_unseen.txt").is_file()
+    marker = json.loads((root / MARKER).read_text())
+    assert marker["md5"] == md5 and marker["sha256"] == hashlib.sha256(z.read_bytes()).hexdigest()
+    assert not marker["sha256_published"]
+    # A wrong md5: one line, nothing kept.
+    bad_root = tmp_path / "data" / "other"
+    bad = [o for o in over if not o.startswith(("data.root", "data.download.md5", "data.download.archive"))]
+    with pytest.raises(UserError, match="md5 mismatch"):
+        download_corpus(_cfg(*bad, f"data.root={bad_root}", f"data.download.md5={'0' * 32}",
+                             f"data.download.archive={tmp_path / 'bad.zip'}"), progress=False)
+    assert not bad_root.exists() and not (tmp_path / "bad.zip").exists()
+
+
+def test_zip_with_escaping_member_is_refused(tmp_path):
+    import zipfile
+
+    z = tmp_path / "evil.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("wav48_silence_trimmed/p225/p225_001_mic1.flac", b"x")
+        zf.writestr("../escaped.txt", b"owned")
+    into = tmp_path / "into"
+    into.mkdir()
+    with pytest.raises(UserError, match=r"refusing to extract member '../escaped.txt' \(path with '..'\)"):
+        safe_extract(z, into, progress=False)
+    assert not (tmp_path / "escaped.txt").exists()
+
+
+def test_libritts_subsets_each_verified_and_extracted(tmp_path):
+    from speaker_corpora import make_libritts
+
+    from waveglow.data import discover_corpus
+    from waveglow.data.download import download_corpus
+
+    src = make_libritts(tmp_path / "src" / "LibriTTS")
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    sums = {}
+    for subset in ("train-clean-100", "dev-clean"):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            tar.add(src / subset, arcname=f"LibriTTS/{subset}")
+        (remote / f"{subset}.tar.gz").write_bytes(buf.getvalue())
+        sums[f"{subset}.tar.gz"] = hashlib.sha256(buf.getvalue()).hexdigest()
+    root = tmp_path / "data" / "LibriTTS"
+    over = ["data=libritts", f"data.root={root}", f"data.download.url={remote.as_uri()}/{{subset}}.tar.gz",
+            f"data.download.archive={tmp_path / 'data'}/LibriTTS-{{subset}}.tar.gz",
+            "data.subsets=[train-clean-100,dev-clean]", "data.splits.n_val_speakers=1",
+            "data.splits.n_val=1", "data.splits.n_test=1"]
+    cfg = _cfg(*over)
+    cfg.download.checksums = sums  # the shipped table pins the published archives; here the test's own
+    download_corpus(cfg, progress=False)
+    found = discover_corpus(cfg)
+    assert len(found.clips) == 10 and set(found.speakers()) == {"19", "26", "32", "84"}
+    assert (root / "train-clean-100" / "19" / "198").is_dir() and (root / "dev-clean" / MARKER).is_file()
+    # A subset whose archive does not match its checksum: refused, the other subsets stay.
+    cfg.download.checksums = {**sums, "dev-clean.tar.gz": "0" * 64}
+    import shutil
+
+    shutil.rmtree(root / "dev-clean")
+    (tmp_path / "data" / "LibriTTS-dev-clean.tar.gz").unlink()
+    with pytest.raises(UserError, match="sha256 mismatch"):
+        download_corpus(cfg, progress=False)
+    assert not (root / "dev-clean").exists() and (root / "train-clean-100" / MARKER).is_file()

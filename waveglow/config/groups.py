@@ -45,6 +45,11 @@ class DownloadConfig:
     url: str | None = setting(None, "archive URL")
     sha256: str | None = setting(None, "expected sha256 of the archive")
     archive: str | None = setting(None, "where the archive is stored")
+    md5: str | None = setting(None, "expected md5 of the archive, where only an md5 is published")
+    checksums: dict[str, str] = setting(factory=dict, help="sha256 of each archive by the file name its URL ends in (corpora in several "
+                                        "archives, e.g. one per LibriTTS subset)")
+    folder: str | None = setting(None, "the folder inside the archive holding the corpus ('.': the archive's top "
+                                 "level; null: its only top-level folder); {subset} as in url")
 
 
 @dataclass

@@ -24,12 +24,14 @@ import os
 import posixpath
 import re
 import shutil
+import stat
 import tarfile
 import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -128,7 +130,7 @@ def download(url: str, dest: str | os.PathLike, sha256: str, *, retries: int = 3
 
 
 def fetch(url: str, dest: str | os.PathLike, *, sha256: str | None = None, size: int | None = None,
-          setting: str = "data.download", retries: int = 3, timeout: float = 60.0,
+          md5: str | None = None, setting: str = "data.download", retries: int = 3, timeout: float = 60.0,
           progress: bool = True) -> str:
     """Download `url` to `dest`, resuming `<dest>.part`, checking its size and sha256.
 
@@ -139,6 +141,7 @@ def fetch(url: str, dest: str | os.PathLike, *, sha256: str | None = None, size:
             digest is returned for the caller to record).
         size: expected size in bytes, or None. A server announcing another size is refused
             before anything is downloaded.
+        md5: expected hex md5, for files whose publisher gives only that (checked as well).
         setting: the settings prefix the error messages name (`data.download`, `pretrained`).
         retries: how many times an interrupted transfer is resumed before giving up.
         timeout: socket timeout in seconds, for the connection and for each read alike.
@@ -155,6 +158,7 @@ def fetch(url: str, dest: str | os.PathLike, *, sha256: str | None = None, size:
     """
     dest = Path(dest)
     expected = _check_sha256(sha256, setting) if sha256 is not None else None
+    expected_md5 = _check_md5(md5, setting) if md5 is not None else None
     if "://" not in url:
         url = Path(url).resolve().as_uri()
     scheme = urllib.parse.urlparse(url).scheme
@@ -171,12 +175,13 @@ def fetch(url: str, dest: str | os.PathLike, *, sha256: str | None = None, size:
             part.unlink(missing_ok=True)
             raise UserError(f"{url}: the server offers {total} bytes, {setting}.size pins {size}; "
                             "nothing downloaded (check the URL and the size)")
-        digest = hashlib.sha256()
+        digest, md5_digest = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
         if start > 0:
             log.info("resuming %s at %.1f MiB", part, start / 2**20)
             with open(part, "rb") as f:  # the digest must cover the bytes already on disk
                 while block := f.read(CHUNK):
                     digest.update(block)
+                    md5_digest.update(block)
         elif offset > 0:
             log.info("the server ignored the resume request; downloading %s from the start", url)
         received = start
@@ -190,6 +195,7 @@ def fetch(url: str, dest: str | os.PathLike, *, sha256: str | None = None, size:
                 while block := stream.read(CHUNK):
                     out.write(block)
                     digest.update(block)
+                    md5_digest.update(block)
                     received += len(block)
                     bar.update(len(block))
         except (OSError, http.client.HTTPException) as e:
@@ -214,10 +220,20 @@ def fetch(url: str, dest: str | os.PathLike, *, sha256: str | None = None, size:
         part.unlink(missing_ok=True)
         raise UserError(f"{url}: sha256 mismatch: expected {expected}, got {got}; deleted the "
                         f"downloaded file {part} (check {setting}.url / {setting}.sha256)")
+    if expected_md5 is not None and md5_digest.hexdigest() != expected_md5:
+        part.unlink(missing_ok=True)
+        raise UserError(f"{url}: md5 mismatch: expected {expected_md5}, got {md5_digest.hexdigest()}; deleted the "
+                        f"downloaded file {part} (check {setting}.url / {setting}.md5)")
     os.replace(part, dest)
     log.info("downloaded %s (%.1f MiB, %s)", dest, received / 2**20,
              "sha256 verified" if expected is not None else f"sha256 {got}, no published checksum to check")
     return got
+
+
+def _check_md5(md5: Any, setting: str) -> str:
+    if not isinstance(md5, str) or not re.match(r"^[0-9a-fA-F]{32}$", md5.strip()):
+        raise UserError(f"{setting}.md5: expected 32 hex digits, got {md5!r}")
+    return md5.strip().lower()
 
 
 def _check_sha256(sha256: Any, setting: str = "data.download") -> str:
@@ -249,8 +265,46 @@ def _unsafe_reason(member: tarfile.TarInfo, root: str) -> str | None:
     return None
 
 
+def _safe_extract_zip(archive: str | os.PathLike, root: str, progress: bool) -> int:
+    """Extract a zip archive member by member into `root`, checking each before it is written:
+    absolute paths, `..`, links and members that would land outside are refused, and no member
+    may hold more data than it declares."""
+    count = 0
+    with zipfile.ZipFile(archive) as zf, tqdm(unit=" files", desc="extracting", disable=not progress,
+                                              leave=False) as bar:
+        for info in zf.infolist():
+            name = info.filename
+            reason = None
+            if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+                reason = "absolute path"
+            elif ".." in re.split(r"[/\\]", name):
+                reason = "path with '..'"
+            elif stat.S_ISLNK(info.external_attr >> 16):
+                reason = "symbolic link"
+            target = os.path.realpath(os.path.join(root, name))
+            if reason is None and os.path.commonpath([root, target]) != root:
+                reason = "path outside the destination"
+            if reason is not None:
+                raise UserError(f"{archive}: refusing to extract member {name!r} ({reason})")
+            if info.is_dir():
+                os.makedirs(target, exist_ok=True)
+            else:
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                written = 0
+                with zf.open(info) as src, open(target, "wb") as out:
+                    while block := src.read(CHUNK):
+                        written += len(block)
+                        if written > info.file_size:
+                            raise UserError(f"{archive}: member {name!r} holds more data than the "
+                                            f"{info.file_size} bytes it declares; refusing it")
+                        out.write(block)
+            count += 1
+            bar.update(1)
+    return count
+
+
 def safe_extract(archive: str | os.PathLike, into: str | os.PathLike, progress: bool = True) -> int:
-    """Extract a tar archive (gz/bz2/xz/plain) into the existing directory `into`.
+    """Extract a tar (gz/bz2/xz/plain) or zip archive into the existing directory `into`.
 
     Every member is checked before it is written (and tarfile's "data" filter is applied on top
     where this Python has it). One pass over the archive, so a 2.6 GB tar.bz2 is decompressed once.
@@ -263,6 +317,11 @@ def safe_extract(archive: str | os.PathLike, into: str | os.PathLike, progress: 
     """
     root = os.path.realpath(into)
     count = 0
+    if zipfile.is_zipfile(archive):
+        try:
+            return _safe_extract_zip(archive, root, progress)
+        except (zipfile.BadZipFile, EOFError, OSError, NotImplementedError) as e:
+            raise UserError(f"{archive}: cannot extract ({e}); delete it and rerun to download it again") from e
     try:
         with tarfile.open(archive, "r:*") as tar, tqdm(unit=" files", desc="extracting",
                                                        disable=not progress, leave=False) as bar:
@@ -281,21 +340,24 @@ def safe_extract(archive: str | os.PathLike, into: str | os.PathLike, progress: 
     return count
 
 
-def download_and_extract(url: str, sha256: str, archive_path: str | os.PathLike, extract_to: str | os.PathLike,
-                         expected_dir: str | None = None, *, keep_archive: bool = True, progress: bool = True,
-                         marker_info: Mapping[str, Any] | None = None) -> Path:
+def download_and_extract(url: str, sha256: str | None, archive_path: str | os.PathLike,
+                         extract_to: str | os.PathLike, expected_dir: str | None = None, *, keep_archive: bool = True,
+                         progress: bool = True, marker_info: Mapping[str, Any] | None = None,
+                         md5: str | None = None) -> Path:
     """Make `extract_to` hold the corpus from the archive at `url`; do nothing if it already does.
 
     Args:
         url: where the archive is (http(s)://, file:// or a local path).
-        sha256: expected hex digest of the archive.
+        sha256: expected hex digest of the archive (None: none published; the digest is logged and
+            recorded in the completion marker).
         archive_path: where the archive is stored (a finished, verified archive is not fetched again).
         extract_to: the corpus folder to create (e.g. data/LJSpeech-1.1).
         expected_dir: the folder inside the archive that holds the corpus (e.g. "LJSpeech-1.1");
-            None: the archive's only top-level folder.
+            None: the archive's only top-level folder; ".": the archive's top level itself.
         keep_archive: keep the archive after a successful extraction.
         progress: show progress bars.
         marker_info: extra JSON-able facts recorded in the completion marker.
+        md5: expected hex md5 of the archive, where only an md5 is published.
 
     Returns:
         `extract_to`.
@@ -312,15 +374,20 @@ def download_and_extract(url: str, sha256: str, archive_path: str | os.PathLike,
     if extract_to.exists() and (not extract_to.is_dir() or any(extract_to.iterdir())):
         raise UserError(f"{extract_to.absolute()}: exists but was not made by waveglow-download (no {MARKER}); "
                         "use it as it is (skip this step) or move it away and rerun")
-    expected = _check_sha256(sha256)
-
-    if archive_path.is_file():
+    expected = _check_sha256(sha256) if sha256 is not None else None
+    if expected is None and md5 is None:
+        log.warning("%s: no published checksum; the archive's sha256 is recorded in %s", url, extract_to / MARKER)
+    got = None
+    if archive_path.is_file() and expected is not None:
         log.info("verifying the existing %s", archive_path)
-        if sha256_file(archive_path) != expected:
+        got = sha256_file(archive_path)
+        if got != expected:
             log.warning("%s does not match the expected sha256; deleting it and downloading again", archive_path)
             archive_path.unlink()
     if not archive_path.is_file():
-        download(url, archive_path, expected, progress=progress)
+        got = fetch(url, archive_path, sha256=expected, md5=md5, progress=progress)
+    elif got is None:  # a finished archive without a published sha256: what it is gets recorded
+        got = sha256_file(archive_path)
 
     parent = extract_to.parent
     _make_dir(parent, "data.root")
@@ -337,15 +404,20 @@ def download_and_extract(url: str, sha256: str, archive_path: str | os.PathLike,
             if len(dirs) != 1:
                 raise UserError(f"{archive_path.absolute()}: expected one top-level folder, found {sorted(top)}")
             source = dirs[0]
+        elif expected_dir == ".":  # the archive's top level is the corpus (VCTK 0.92)
+            source = tmp
         else:
             source = tmp / expected_dir
             if not source.is_dir():
                 raise UserError(f"{archive_path.absolute()}: expected a top-level folder {expected_dir!r}, "
                                 f"found {sorted(top)}")
-        info = {"url": url, "sha256": expected, "archive": str(archive_path), **(marker_info or {})}
+        info = {"url": url, "sha256": got, "sha256_published": expected is not None, "md5": md5,
+                "archive": str(archive_path), **(marker_info or {})}
         write_text_atomic(source / MARKER, json.dumps(info, indent=2) + "\n")
         source.chmod(0o755)  # mkdtemp's owner-only mode must not leak into the corpus
         # The rename is the commit point: before it there is no corpus folder, after it a complete one.
+        if extract_to.is_dir():
+            extract_to.rmdir()  # an empty folder (checked above)
         os.replace(source, extract_to)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -366,9 +438,13 @@ def _make_dir(path: Path, setting: str) -> None:
 def download_corpus(data_cfg: DataConfig, *, keep_archive: bool = True, progress: bool = True) -> Path:
     """Download and extract the corpus of a data config (its `download` block), then write its splits.
 
+    A URL with `{subset}` (LibriTTS) is fetched once per entry of `data.subsets`, each archive's
+    `download.folder` becoming `<root>/<subset>`; checksums come from `download.sha256` or, by the
+    file name the URL ends in, `download.checksums`.
+
     Args:
-        data_cfg: `cfg.data` with `root`, `name` and `download: {url, sha256, archive}` (the
-            corpus is the archive's only top-level folder).
+        data_cfg: `cfg.data` with `root`, `name` and `download: {url, archive, sha256 | md5 |
+            checksums, folder}`.
 
     Returns:
         The corpus root.
@@ -377,12 +453,27 @@ def download_corpus(data_cfg: DataConfig, *, keep_archive: bool = True, progress
     if dl is None:
         raise UserError(f"data={data_cfg.name} has no download section (data.download.url/sha256/archive); "
                         "only corpora with a public archive can be downloaded")
-    for key in ("url", "sha256", "archive"):
+    for key in ("url", "archive"):
         if not getattr(dl, key):
             raise UserError(f"data.download.{key}: must be set for data={data_cfg.name}")
     root = corpus_root(data_cfg)
-    download_and_extract(str(dl.url), str(dl.sha256), str(dl.archive), root, keep_archive=keep_archive,
-                         progress=progress, marker_info={"data": to_dict(data_cfg)})
+    url, archive = str(dl.url), str(dl.archive)
+    checksums = dict(getattr(dl, "checksums", None) or {})
+    folder = getattr(dl, "folder", None)
+    if "{subset}" in url:
+        subsets = [str(s) for s in data_cfg.subsets]
+        if not subsets:
+            raise UserError(f"data.subsets: list the subsets to download for data={data_cfg.name} "
+                            "(e.g. data.subsets=[train-clean-100])")
+        jobs = [(s, url.replace("{subset}", s), archive.replace("{subset}", s),
+                 root / s, str(folder).replace("{subset}", s) if folder else None) for s in subsets]
+    else:
+        jobs = [(None, url, archive, root, str(folder) if folder else None)]
+    for subset, job_url, job_archive, target, inner in jobs:
+        sha = dl.sha256 if subset is None and dl.sha256 else checksums.get(job_url.rsplit("/", 1)[-1])
+        download_and_extract(job_url, str(sha) if sha else None, job_archive, target, inner,
+                             keep_archive=keep_archive, progress=progress, md5=str(dl.md5) if dl.md5 else None,
+                             marker_info={"data": to_dict(data_cfg), "subset": subset})
     splits = ensure_splits(data_cfg)
     log.info("splits in %s: %s", root / "splits", ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
     return root
