@@ -75,7 +75,8 @@ def test_the_jobs_are_hydras_combinations_in_hydras_order() -> None:
     assert p.sweep_dir == (Path("checkpoints/sweeps") / p.sweep_dir.name).absolute()
     args = sweep.launch_overrides(p)
     # Each job's folder is named after what it varies; the settings all jobs share are left out.
-    assert "hydra.sweep.subdir='${hydra.job.num}-${hydra.job.override_dirname}'" in args
+    assert "hydra.sweep.subdir='${hydra.job.num}-${waveglow_dirname:${hydra.job.override_dirname}}'" in args
+    assert sweep.folder_name("data.root=/x/y,train.lr=0.1") == "data.root=_x_y,train.lr=0.1"
     assert "hydra.job.config.override_dirname.exclude_keys=['data','data.root']" in args
     assert "hydra.job.chdir=false" in args
 
@@ -151,15 +152,17 @@ def test_a_sweep_runs_every_job_in_its_own_run_dir_a_failed_job_does_not_stop_th
     is valid, a folder that is not there), job 1 trains; the summary reports both."""
     (tmp_path / "corpus").symlink_to(corpus)
     sweep_dir = tmp_path / "sweeps" / "s1"
-    proc = run_cli("waveglow-train", "-m", "data=demo", "data.root=missing,corpus", *tiny("train.max_steps=1"),
+    proc = run_cli("waveglow-train", "-m", "data=demo", "data.root=no/corpus,corpus", *tiny("train.max_steps=1"),
                    "hydra.sweep.dir=sweeps/s1", check=False, cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     rows, doc = summary(sweep_dir)
-    assert [(r["job"], r["overrides"]) for r in rows] == [("0", "data.root=missing"), ("1", "data.root=corpus")]
+    assert [(r["job"], r["overrides"]) for r in rows] == [("0", "data.root=no/corpus"), ("1", "data.root=corpus")]
     failed, done = rows
-    assert failed["status"].startswith("failed: ") and "missing" in failed["status"] and failed[
+    assert failed["status"].startswith("failed: ") and "no/corpus" in failed["status"] and failed[
         "best_val_log_likelihood"] == ""
+    # A '/' in a swept value does not nest folders.
+    assert failed["run_dir"] == str(sweep_dir / "0-data.root=no_corpus")
     assert done["status"] == "completed" and float(done["best_val_log_likelihood"]) < 0
     run_dir = Path(done["run_dir"])
     assert run_dir == sweep_dir / "1-data.root=corpus"

@@ -52,7 +52,21 @@ from waveglow.fileio import write_text_atomic
 
 log = logging.getLogger("waveglow")
 
-RECORDS = ".jobs"  # <sweep dir>/.jobs/<n>.json: how each job ended (written by the job itself)
+RECORDS = ".jobs"
+RESOLVER = "waveglow_dirname"  # the job folder's name: the swept settings, '/' in a value as '_'
+
+
+def folder_name(text: str) -> str:
+    """`data.root=/x/y,train.lr=0.1` -> `data.root=_x_y,train.lr=0.1`: one folder, not a path."""
+    return str(text).replace("/", "_").replace("\\", "_")
+
+
+def register_resolver() -> None:
+    """The `${waveglow_dirname:...}` of the job folders, in every process that names one (the
+    launcher's and each job's: `SweepJob` registers it when unpickled there)."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver(RESOLVER, folder_name, replace=True)  # <sweep dir>/.jobs/<n>.json: how each job ended (written by the job itself)
 SUMMARY_COLUMNS = ("job", "overrides", "best_val_log_likelihood", "run_dir", "status")
 
 # Launchers and sweepers that come from plugins: the package that provides each, and the extra
@@ -251,7 +265,7 @@ def launch_overrides(p: Plan) -> list[str]:
     own = {
         "hydra.sweep.dir": hydra_quoted("hydra.sweep.dir", str(p.sweep_dir)),
         # The job's folder is named after what the job varies, not after the settings all share.
-        "hydra.sweep.subdir": "hydra.sweep.subdir=" + ("'${hydra.job.num}-${hydra.job.override_dirname}'"
+        "hydra.sweep.subdir": "hydra.sweep.subdir=" + (f"'${{hydra.job.num}}-${{{RESOLVER}:${{hydra.job.override_dirname}}}}'"
                                                        if p.swept else "'${hydra.job.num}'"),
         "hydra.job.config.override_dirname.exclude_keys":
             "hydra.job.config.override_dirname.exclude_keys=[" + ",".join(f"'{k}'" for k in fixed) + "]",
@@ -296,6 +310,7 @@ def run(p: Plan, entry: Any, token: str) -> None:
     job = SweepJob(module=entry.__module__, name=entry.__name__, token=token,
                    fixed=tuple(k for k in _keys(p.app_args) if k not in p.swept))
     register_schemas()
+    register_resolver()
     version.setbase("1.3")
     GlobalHydra.instance().clear()
     n = f"{len(p.jobs)} jobs" if p.exact else f"hydra/sweeper={p.sweeper}"
@@ -371,6 +386,12 @@ class SweepJob:
     name: str
     token: str
     fixed: tuple[str, ...]
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Unpickled in a launcher's process (joblib, submitit), which names the job's folder
+        # before the job runs.
+        self.__dict__.update(state)
+        register_resolver()
 
     def __call__(self, cfg: Any) -> float | None:
         """Run one job of the sweep on its composed config (Hydra's, `hydra` node removed).
