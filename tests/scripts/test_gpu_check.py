@@ -70,9 +70,13 @@ def test_plan_lists_every_check_and_writes_nothing(gc, tmp_path, monkeypatch, ca
     assert "tasks=synthesis" in bench[0] and "precision=fp32,fp16,bf16" in bench[0]
     assert "tasks=train" in bench[1] and "device=cuda" in bench[1]
     train = [ln for ln in lines if "--as-train" in ln]
-    assert [p for p in ("fp16", "bf16") if any(f"train.precision={p}" in ln for ln in train)] == ["fp16", "bf16"]
+    standard = [ln for ln in train if "train.memory=invertible" not in ln]
+    assert [p for p in ("fp16", "bf16") if any(f"train.precision={p}" in ln for ln in standard)] == ["fp16", "bf16"]
     assert all("model=waveglow_256" in ln and "train.max_steps=200" in ln and "train.val_every=200" in ln
-               and "train.audio_every=0" in ln and "train.device=cuda" in ln for ln in train)
+               and "train.audio_every=0" in ln and "train.device=cuda" in ln for ln in standard)
+    # Invertible backprop in fp16 (autocast + GradScaler), a quarter of the steps.
+    invertible = [ln for ln in train if "train.memory=invertible" in ln]
+    assert len(invertible) == 1 and "train.precision=fp16" in invertible[0] and "train.max_steps=50" in invertible[0]
     assert any("torch.distributed.run" in ln and "--nproc_per_node=2" in ln for ln in lines)
 
 
@@ -80,17 +84,19 @@ def test_planned_commands_are_valid_command_lines(gc, tmp_path):
     """Every waveglow-* command of the plan composes into its typed config: a GPU host never
     meets a misspelled setting. One GPU: no DDP run; no bf16 where the GPU lacks it."""
     full = gc.build_plan(gc.Settings(work=tmp_path, gpus=2))
-    assert [s.name for s in full] == ["prepare", "tests", "synthesis", "train-fp16", "train-bf16", "bench-train", "ddp"]
+    assert [s.name for s in full] == ["prepare", "tests", "synthesis", "train-fp16", "train-bf16",
+                                      "train-invertible-fp16", "bench-train", "ddp"]
     for step in full:
         argv = list(step.argv)
-        if step.kind in ("train", "ddp"):
+        if step.kind in ("train", "invertible", "ddp"):
             script = argv.index("--as-train") if "--as-train" in argv else next(
                 i for i, a in enumerate(argv) if a.endswith("waveglow-train"))
             assert Path(argv[script if step.kind == "ddp" else script - 1]).exists()
             cfg = compose("waveglow_train", *argv[script + 1:])
             assert cfg.train.device == "cuda" and cfg.train.precision == step.precision
             assert Path(cfg.run_dir) == step.run_dir and cfg.data.cache_dir == str(tmp_path / "cache")
-        elif step.kind == "bench":
+            assert cfg.train.memory == ("invertible" if step.kind == "invertible" else "standard")
+        elif step.kind in ("synthesis", "bench"):
             assert Path(argv[0]).name == "waveglow-bench" and Path(argv[0]).exists()
             cfg = compose("waveglow_bench", *rewrite_argv(argv[1:]))
             assert cfg.device == "cuda" and list(cfg.models) == ["waveglow_256"]
@@ -99,7 +105,8 @@ def test_planned_commands_are_valid_command_lines(gc, tmp_path):
     assert importlib.util.find_spec("torch.distributed.run") is not None
 
     one = gc.build_plan(gc.Settings(work=tmp_path, gpus=1, bf16=False))
-    assert [s.name for s in one] == ["prepare", "tests", "synthesis", "train-fp16", "bench-train"]
+    assert [s.name for s in one] == ["prepare", "tests", "synthesis", "train-fp16", "train-invertible-fp16",
+                                     "bench-train"]
     assert not any("bf16" in a for s in one for a in s.argv)
 
 
@@ -125,6 +132,19 @@ def test_train_check_runs_the_real_trainer_and_reads_its_figures(gc, tmp_path, m
     assert "every check passed" in Path("out/table.txt").read_text()
     assert "done: step 2" in Path("out/logs/train-fp32.log").read_text()
     assert Path("out/logs/prepare.log").is_file()
+
+
+@pytest.mark.slow  # ~60 s: preprocessing the demo corpus, then training
+def test_invertible_check_runs_the_real_trainer_with_invertible_backprop(gc, tmp_path, monkeypatch):
+    """The invertible check's command on the CPU (fp32 here: the GPU run is fp16 with its
+    GradScaler): the trainer says train.memory=invertible, and the row reads it."""
+    monkeypatch.chdir(tmp_path)
+    s = gc.Settings(work=tmp_path / "work", device="cpu", model="tiny", steps=8, batch=2,
+                    invertible_precision="fp32", checks=("invertible",), train_overrides=TINY_TRAIN)
+    rows = gc.run_steps(gc.build_plan(s), s, Path("out"), "cpu")[1:]
+    assert [(r["check"], r["precision"], r["status"]) for r in rows] == [("invertible", "fp32", "ok")], rows
+    assert "train.memory=invertible" in Path("out/logs/train-invertible-fp32.log").read_text()
+    assert rows[0]["val_ll_after"] > rows[0]["val_ll_before"]
 
 
 def test_synthesis_check_reads_the_benchmark_rows(gc, tmp_path, monkeypatch):
@@ -187,7 +207,7 @@ def test_table_and_json_lines_with_fake_figures(gc, tmp_path):
     summary = gc.summary(rows)
     assert "2 of 9 checks failed" in summary and "goals missed: train fp16" in summary
 
-    gc._write(tmp_path / "out", rows)
+    gc.write_results(tmp_path / "out", rows)
     assert [strict_json(ln) for ln in (tmp_path / "out/results.jsonl").read_text().splitlines()] == parsed
     assert (tmp_path / "out/table.txt").read_text() == table + "\n" + summary + "\n"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["results.jsonl", "table.txt"]
@@ -213,6 +233,13 @@ def test_what_the_commands_print_is_read_into_rows(gc, tmp_path):
            f"{gc.PEAK_MARK}20480.5\n")
     step = gc.Step("train-fp16", "train", ("x",), 1, model="waveglow_256", precision="fp16", run_dir=run,
                    expect={"steps": 200})
+    # The invertible run must say so in its start line (the trainer names a non-standard memory mode).
+    inv = gc.Step("train-invertible-fp16", "invertible", ("x",), 1, model="waveglow_256", precision="fp16",
+                  run_dir=run, expect={"steps": 200, "memory": "invertible"})
+    assert "train.memory=standard, expected invertible" in gc.train_row(inv, 0, log, 1, "cuda")["detail"]
+    inv_log = log.replace("× 16000 samples\n", "× 16000 samples, train.memory=invertible\n")
+    inverted = gc.apply_goal(gc.train_row(inv, 0, inv_log, 1, "cuda"))
+    assert inverted["status"] == "ok" and inverted["check"] == "invertible" and inverted["goal"] is None
     r = gc.apply_goal(gc.train_row(step, 0, log, 90.0, "cuda"))
     # Steps over time of the windows after the first (warm-up): 50 steps at 310k, 100 at 330k.
     assert r["status"] == "ok" and r["samples_per_sec"] == pytest.approx(150 / (50 / 310e3 + 100 / 330e3))
@@ -226,7 +253,7 @@ def test_what_the_commands_print_is_read_into_rows(gc, tmp_path):
     assert crashed["detail"] == "exit status 1: error: data.root=x: no such folder"
     assert gc.train_row(step, None, "", 240, "cuda")["detail"] == "timed out after 240 s"
 
-    bench = gc.Step("synthesis", "bench", ("x",), 1, model="waveglow_256")
+    bench = gc.Step("synthesis", "synthesis", ("x",), 1, model="waveglow_256")
     good = json.dumps({"task": "synthesis", "model": "waveglow_256", "precision": "fp16", "khz": 3100.0,
                        "snr_db_vs_fp32": None, "peak_mem_mib": 400.0})
     bad = json.dumps({"task": "synthesis", "model": "waveglow_256", "precision": "bf16", "error": "RuntimeError: x"})
@@ -262,15 +289,17 @@ def fake_commands(calls: list[list[str]]):
             return 0, "..............\n14 passed, 400 deselected in 50.00s\n", 50.0
         if "--as-train" in args:
             run_dir, precision = Path(value(args, "run_dir")), value(args, "train.precision")
+            steps = int(value(args, "train.max_steps"))
+            memory = ", train.memory=invertible" if "train.memory=invertible" in args else ""
             (run_dir / "checkpoints").mkdir(parents=True)
             (run_dir / "metrics.jsonl").write_text('{"step": 0, "val_log_likelihood": -1.0}\n'
-                                                   '{"step": 200, "val_log_likelihood": 2.0}\n')
+                                                   f'{{"step": {steps}, "val_log_likelihood": 2.0}}\n')
             rate = "350,000" if precision == "fp16" else "250,000"
             return 0, (f"run {run_dir}: model waveglow_256 (87.73M parameters), data demo, {precision} on cuda:0, "
-                       "global batch 8 × 16000 samples\n"
-                       "step 50/200 | train NLL 1.0 nats/sample | 90,000 samples/s (4× real time) | lr 0.0001\n"
-                       f"step 200/200 | train NLL 0.5 nats/sample | {rate} samples/s (15× real time) | lr 0.0001\n"
-                       "done: step 200, val log-likelihood 2.0000 nats/sample, best 2.0000 (step 200); "
+                       f"global batch 8 × 16000 samples{memory}\n"
+                       f"step {steps // 4}/{steps} | train NLL 1.0 nats/sample | 90,000 samples/s (4× real time) | lr 0.0001\n"
+                       f"step {steps}/{steps} | train NLL 0.5 nats/sample | {rate} samples/s (15× real time) | lr 0.0001\n"
+                       f"done: step {steps}, val log-likelihood 2.0000 nats/sample, best 2.0000 (step {steps}); "
                        f"skipped steps 3; checkpoints in {run_dir}/checkpoints\n{PEAK_LINE}30000.0\n"), 100.0
         if "tasks=synthesis" in args:
             lines = [{"task": "synthesis", "model": "waveglow_256", "precision": p, "khz": k, "peak_mem_mib": 900.0,
@@ -310,7 +339,7 @@ def test_the_gpu_run_end_to_end_with_a_fake_gpu(gc, tmp_path, monkeypatch, capsy
     assert [(r["check"], r["precision"], r["status"]) for r in rows] == [
         ("machine", None, "ok"), ("tests", None, "ok"),
         ("synthesis", "fp32", "ok"), ("synthesis", "fp16", "ok"), ("synthesis", "bf16", "ok"),
-        ("train", "fp16", "ok"), ("train", "bf16", "ok"),
+        ("train", "fp16", "ok"), ("train", "bf16", "ok"), ("invertible", "fp16", "ok"),
         ("bench-train", "fp16", "ok"), ("bench-train", "bf16", "ok"), ("ddp", None, "skipped")]
     by = {(r["check"], r["precision"]): r for r in rows}
     assert by["synthesis", "fp16"]["goal_met"] is True and by["train", "fp16"]["goal_met"] is True
@@ -318,7 +347,9 @@ def test_the_gpu_run_end_to_end_with_a_fake_gpu(gc, tmp_path, monkeypatch, capsy
     assert by["train", "fp16"]["peak_mem_mib"] == 30000.0 and by["train", "fp16"]["skipped_steps"] == 3
     assert by["tests", None]["passed"] == 14
     assert sorted(p.name for p in Path("outputs/gpu-check/logs").iterdir()) == [
-        "bench-train.log", "prepare.log", "synthesis.log", "tests.log", "train-bf16.log", "train-fp16.log"]
+        "bench-train.log", "prepare.log", "synthesis.log", "tests.log", "train-bf16.log", "train-fp16.log",
+        "train-invertible-fp16.log"]
+    assert by["invertible", "fp16"]["val_ll_after"] == 2.0 and by["invertible", "fp16"]["goal"] is None
     work = Path(next(a for a in calls[0] if a.startswith("data.cache_dir=")).split("=", 1)[1]).parent
     assert not work.exists()  # the temporary run folders are gone
     assert all("train.device=cuda" in c for c in calls if "--as-train" in c)
