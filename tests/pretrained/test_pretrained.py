@@ -147,7 +147,22 @@ def test_wrong_size_or_checksum_caches_nothing(wrong, files, servers, tmp_path):
         get(find("w", load_registry(reg)), _settings(tmp_path, reg))
     assert "\n" not in str(info.value)
     home = tmp_path / "home"
-    assert not [p for p in home.rglob("*") if p.is_file()]  # no model, no record, no .part
+    assert not [p for p in home.rglob("*") if p.is_file() and p.name != ".lock"]  # no model, record or .part
+
+
+def test_concurrent_first_uses_download_once(files, servers, tmp_path):
+    """The ranks of a training run asking for the same model at once: one downloads, the others
+    wait for it and load the same file."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    src = files["paths"]["pickle"]
+    server = servers(src)
+    reg = _registry(tmp_path, [_entry("p", server.url, "nvidia", src)])
+    settings = _settings(tmp_path, reg)
+    entry = find("p", load_registry(reg))
+    with ThreadPoolExecutor(3) as pool:
+        paths = list(pool.map(lambda _: get(entry, settings), range(3)))
+    assert len(set(paths)) == 1 and len(server.ranges) == 1
 
 
 def test_unpublished_checksum_is_recorded_then_verified(files, servers, tmp_path, monkeypatch, caplog):

@@ -16,6 +16,7 @@ last, so a folder without it holds no finished model.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -147,6 +148,23 @@ def get(entry: Entry, settings: Settings) -> Path:
     if found is not None:
         return found
     folder = model_dir(entry, settings)
+    if settings.offline:
+        return _download(entry, settings, folder)  # says what it would need, touches nothing
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = open(folder / ".lock", "a+b")  # noqa: SIM115 - held for the whole download
+    except OSError as e:
+        raise UserError(f"WAVEGLOW_HOME={settings.home}: cannot write the cache ({e.strerror or e})") from None
+    with lock:
+        # Several processes (the ranks of a training run) asking at once: one downloads, the
+        # others wait here and then find the finished model.
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        found = cached(entry, settings)
+        return found if found is not None else _download(entry, settings, folder)
+
+
+def _download(entry: Entry, settings: Settings, folder: Path) -> Path:
+    """Download, check and convert `entry` into `folder` (the caller holds its lock)."""
     ckpt = folder / "model.pt"
     if settings.offline:
         raise UserError(f"pretrained:{entry.name}: not in the cache ({ckpt} is missing) and WAVEGLOW_OFFLINE=1; "
