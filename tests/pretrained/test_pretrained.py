@@ -316,3 +316,35 @@ def test_cli_list_get_then_synthesize_by_name(files, servers, tmp_path):
     assert (tmp_path / "out" / "m.wav").is_file()
     bad = run_cli("waveglow-pretrained", "get", "nope", env=env, check=False, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: pretrained:nope: no such model")
+
+
+@pytest.mark.slow
+def test_train_init_from_pretrained(servers, tmp_path, monkeypatch, single_thread):
+    """`train.init_from=pretrained:NAME`: a team's own checkpoint (format: waveglow) served by URL
+    starts a new run with exactly its weights."""
+    from conftest import compose
+    from speaker_corpora import make_vctk
+
+    from waveglow.train import train
+
+    root = make_vctk(tmp_path / "vctk", clips_per_speaker=2, seconds=0.5)
+
+    def cfg(run: Path, *extra: str):
+        return compose("waveglow_train", "data=vctk", f"data.root={root}", "data.num_workers=1",
+                       "data.splits.n_val=1", "data.splits.n_test=1", "data.splits.n_val_speakers=0",
+                       "model=tiny", "model.upsample_kernel=256", "data.segment_length=4096",
+                       "train.batch_size=2", "train.audio_every=0", "train.logdet_every=0",
+                       "train.val_segment_length=4096", "train.max_steps=0", "train.threads=1",
+                       "train.device=cpu", f"run_dir={run}", *extra)
+
+    train(cfg(tmp_path / "src"))
+    source = tmp_path / "src" / "checkpoints" / "last.pt"
+    server = servers(source)
+    reg = _registry(tmp_path, [_entry("team_tiny", server.url, "waveglow", source)])
+    monkeypatch.setenv("WAVEGLOW_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("WAVEGLOW_REGISTRY", str(reg))
+    train(cfg(tmp_path / "ft", "train.init_from=pretrained:team_tiny", "model.sigma=0.9"))
+    want = torch.load(source, weights_only=True)["model"]
+    got = torch.load(tmp_path / "ft" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    assert server.ranges == [None]
