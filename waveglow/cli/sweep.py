@@ -52,7 +52,7 @@ from waveglow.fileio import write_text_atomic
 
 log = logging.getLogger("waveglow")
 
-RECORDS = ".jobs"
+RECORDS = ".jobs"  # <sweep dir>/.jobs/<n>.json: how each job ended (written by the job itself)
 RESOLVER = "waveglow_dirname"  # the job folder's name: the swept settings, '/' in a value as '_'
 
 
@@ -66,7 +66,9 @@ def register_resolver() -> None:
     launcher's and each job's: `SweepJob` registers it when unpickled there)."""
     from omegaconf import OmegaConf
 
-    OmegaConf.register_new_resolver(RESOLVER, folder_name, replace=True)  # <sweep dir>/.jobs/<n>.json: how each job ended (written by the job itself)
+    OmegaConf.register_new_resolver(RESOLVER, folder_name, replace=True)
+
+
 SUMMARY_COLUMNS = ("job", "overrides", "best_val_log_likelihood", "run_dir", "status")
 
 # Launchers and sweepers that come from plugins: the package that provides each, and the extra
@@ -124,7 +126,7 @@ def _interval_ends(override: Any) -> list[str]:
     return []
 
 
-def expand(config: str, app_args: Sequence[str], sweeper: str) -> tuple[list[list[str]], bool, list[str]]:
+def expand(app_args: Sequence[str], sweeper: str) -> tuple[list[list[str]], bool, list[str]]:
     """The jobs to validate.
 
     Returns:
@@ -185,7 +187,7 @@ def plan(script: Script, settings: Sequence[str], dirs: Sequence[str], *, now: f
             except ImportError:
                 raise UserError(f"{name}: the Hydra plugin is not installed; pip install "
                                 f"'waveglow[{extra}]' (make install does)") from None
-    jobs, exact, swept = expand(script.config, app_args, sweeper)
+    jobs, exact, swept = expand(app_args, sweeper)
     usage = f"{script.name} {script.usage}"
     first = None
     for i, job in enumerate(jobs):
