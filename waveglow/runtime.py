@@ -197,10 +197,7 @@ def exact_fp32(device: torch.device | str) -> Iterator[None]:
 
 def available_cores() -> int:
     """CPU cores this process may use (its affinity mask, not the machine's count)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+    return max(1, len(_affinity()))
 
 
 def resolve_loader_workers(setting: int | str, processes: int = 1) -> int:
@@ -354,6 +351,7 @@ def choose_threads(setting: int | None, *, key: str = "threads", processes: int 
 
 
 def _affinity() -> set[int]:
+    """The CPU numbers this process may run on (its affinity mask; every CPU where there is none)."""
     try:
         return set(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
