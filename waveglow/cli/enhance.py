@@ -38,7 +38,8 @@ def main(cfg: EnhanceApp) -> None:
     """Enhance every input file and write the report."""
     synth = make_synthesizer(cfg, crossfade_frames=0)
     enhancer = Enhancer(synth, threshold=cfg.threshold, merge_gap=cfg.merge_gap, max_iters=cfg.max_iters,
-                        margin_ms=cfg.margin_ms, sigma=cfg.sigma, seed=cfg.seed)
+                        margin_ms=cfg.margin_ms, sigma=cfg.sigma, seed=cfg.seed, click_threshold=cfg.click_threshold,
+                        level=cfg.level, fill=cfg.fill)
     done = enhance_files(enhancer, input_spec(cfg.input), cfg.output_dir, report=cfg.report, dry_run=cfg.dry_run,
                          on_error=cfg.on_error, progress=cfg.progress)
     save_config_beside(cfg, cfg.output_dir, "enhance", is_dir=True)

@@ -53,16 +53,26 @@ from waveglow.data.audio import load_audio, save_audio
 from waveglow.errors import UserError
 from waveglow.fileio import write_bytes_atomic, write_text_atomic
 from waveglow.inference.checks import check_settings
+from waveglow.inference.clicks import click_spans
 from waveglow.inference.convert import (
+    ENVELOPE_PASSES,
     Inputs,
     checked_inputs,
     decode_latent,
     encode_audio,
+    match_envelope,
     mono_audio,
 )
 from waveglow.inference.jobs import show_progress
 from waveglow.inference.noise import noise_seed
-from waveglow.inference.score import FileScore, Region, Scorer
+from waveglow.inference.score import (
+    FileScore,
+    Region,
+    Scorer,
+    frame_means,
+    robust_z,
+    suspect_regions,
+)
 from waveglow.inference.synthesizer import Synthesizer
 
 log = logging.getLogger("waveglow.enhance")
@@ -70,6 +80,11 @@ log = logging.getLogger("waveglow.enhance")
 # Full scale of each writable PCM subtype (libsndfile reads integer PCM as k / scale).
 PCM_SCALE = {"PCM_S8": 2.0**7, "PCM_U8": 2.0**7, "PCM_16": 2.0**15, "PCM_24": 2.0**23}
 SUBTYPES = (*PCM_SCALE, "FLOAT")
+# Click spans (`clicks.click_spans`): samples added on each side of a suspect window, and the
+# crossfade on each side of their repair (short: a click is a few samples, and every sample of
+# the margin that changes is error where there was none).
+CLICK_PAD = 8
+CLICK_MARGIN_MS = 1.0
 
 
 def quantize(audio: Tensor, subtype: str) -> Tensor:
@@ -131,16 +146,48 @@ class Enhancer:
     """
 
     def __init__(self, synth: Synthesizer, threshold: float = 5.0, merge_gap: int = 2, max_iters: int = 3,
-                 margin_ms: float = 20.0, sigma: float = 0.0, seed: int = 0) -> None:
+                 margin_ms: float = 20.0, sigma: float = 1.0, seed: int = 0, click_threshold: float = 30.0,
+                 level: str = "rms", fill: str = "envelope") -> None:
         check_settings(EnhanceApp, threshold=float(threshold), merge_gap=merge_gap, max_iters=max_iters,
-                       margin_ms=float(margin_ms), sigma=float(sigma), seed=seed)
+                       margin_ms=float(margin_ms), sigma=float(sigma), seed=seed,
+                       click_threshold=float(click_threshold), level=level, fill=fill)
         self.synth = synth
         self.scorer = Scorer(synth, threshold=threshold, merge_gap=merge_gap, dither=0.0)
         self.mel_fn = self.scorer.mel_fn
         self.max_iters = int(max_iters)
         self.margin = round(float(margin_ms) * synth.sampling_rate / 1000)
+        self.click_margin = min(self.margin, round(CLICK_MARGIN_MS * synth.sampling_rate / 1000))
         self.sigma = float(sigma)
         self.seed = int(seed)
+        self.click_threshold = float(click_threshold)
+        self.level = level
+        self.fill = fill
+
+    def score(self, x: Tensor, name: str) -> tuple[FileScore, Tensor, list[tuple[int, int]]]:
+        """(frame scores as `Scorer.score_audio`, per-sample ℓ_t [T'], click spans) of audio [T]."""
+        with torch.inference_mode():
+            mel = self.mel_fn(x)
+        ll = self.scorer.per_sample(x, mel)
+        s = self.synth
+        frames = frame_means(ll, s.hop_length, mel.shape[-1])
+        z, med, mad = robust_z(frames)
+        regions = suspect_regions(frames, z, self.scorer.threshold, self.scorer.merge_gap, s.hop_length,
+                                  s.sampling_rate)
+        fs = FileScore(file=name, samples=int(ll.numel()), seconds=ll.numel() / s.sampling_rate,
+                       nats_per_sample=float(ll.double().mean()), frame_nats=frames.tolist(), frame_z=z.tolist(),
+                       regions=regions, median=med, mad=mad)
+        clicks = (click_spans(ll, self.click_threshold, pad=CLICK_PAD, merge=CLICK_PAD)
+                  if self.click_threshold > 0 else [])
+        return fs, ll, clicks
+
+    def plan(self, score: FileScore, clicks: list[tuple[int, int]], n_samples: int) -> list[tuple[int, int, int]]:
+        """The spans to repair this round, (s0, s1, margin in samples): the flagged frame regions
+        grown over their neighbours, then the click spans that lie outside them."""
+        out = [(*self.span(*self.grow(r, score.frame_z), n_samples), self.margin) for r in score.regions]
+        for a, b in clicks:
+            if not any(a < s1 and s0 < b for s0, s1, _ in out):
+                out.append((a, b, self.click_margin))
+        return sorted(out)
 
     # -- one span -----------------------------------------------------------------------------
     def grow(self, region: Region, frame_z: list[float]) -> tuple[int, int]:
@@ -183,7 +230,8 @@ class Enhancer:
         return (max(0, ((s0 - M) // hop) * hop - ctx),
                 min(-(-n_samples // hop) * hop, -(-(s1 + M) // hop) * hop + ctx))
 
-    def repair(self, audio: Tensor, mel: Tensor, s0: int, s1: int, key: str) -> Tensor:
+    def repair(self, audio: Tensor, mel: Tensor, s0: int, s1: int, key: str, margin: int | None = None,
+               fill: str = "latent") -> Tensor:
         """Repair samples [s0, s1) of `audio` [T]; only [s0 − margin, s1 + margin) changes.
 
         Args:
@@ -191,28 +239,62 @@ class Enhancer:
             mel: its log-mel [n_mels, F].
             s0, s1: the span.
             key: the file's noise key.
+            margin: crossfade samples on each side (default: margin_ms's).
+            fill: "latent" (in-fill through the flow) or "envelope" (the input's own samples with
+                their spectrum pulled toward the interpolated mel).
 
         Returns:
             The repaired audio, float32 [T].
         """
-        hop = self.synth.hop_length
+        hop, M = self.synth.hop_length, self.margin if margin is None else margin
         w0, w1 = self.window(s0, s1, audio.numel())
         cond = self.interpolated_mel(mel, s0, s1)[:, w0 // hop:]
         window = audio[w0:w1]
+        reach = max(M, hop)
+        if fill == "envelope":
+            # Excess energy (noise) removed bin by bin where the input's spectrum exceeds what the
+            # interpolated mel says the span held; the speech under it keeps its own phase.
+            decoded = window.clone()
+            for _ in range(ENVELOPE_PASSES):
+                decoded = match_envelope(decoded, cond[:, : 1 + decoded.numel() // hop], self.mel_fn)
+            if self.level == "rms":
+                decoded = self.level_matched(audio, decoded, w0, s0, s1, reach)
+            return self.crossfade(audio, decoded, w0, s0, s1, M)
         z = encode_audio(self.synth, window, cond)
-        # The span's latent: noise as strong as the latent around it, times sigma. (A fixed std
-        # such as synthesis's 0.6 is far louder than what a small model's latent of quiet speech
-        # holds, and fills the span with noise; docs/enhance_convert.md.)
-        around = torch.cat([z[: s0 - w0], z[s1 - w0: window.numel()]])
+        # The span's latent: noise as strong as the encoded latent next to it (one hop, or the
+        # margin, on each side), times sigma. (A fixed std such as synthesis's 0.6 is far louder
+        # than what a small model's latent of quiet speech holds; docs/enhance_convert.md.)
+        around = torch.cat([z[max(0, s0 - w0 - reach): s0 - w0], z[s1 - w0: min(window.numel(), s1 - w0 + reach)]])
         scale = self.sigma * float(around.std()) if around.numel() > 1 else 0.0
         gen = torch.Generator().manual_seed(noise_seed(self.seed, f"{key}@{s0}-{s1}"))
         z[s0 - w0: s1 - w0] = torch.randn(s1 - s0, generator=gen) * scale
-        return self.crossfade(audio, decode_latent(self.synth, z, cond)[: window.numel()], w0, s0, s1)
+        decoded = decode_latent(self.synth, z, cond)[: window.numel()]
+        if self.level == "rms":
+            decoded = self.level_matched(audio, decoded, w0, s0, s1, reach)
+        elif self.level == "mel":
+            # The decoded window's spectrum pulled toward the interpolated mel (the level and
+            # envelope the span should have), as conversion does after changing the mel.
+            for _ in range(ENVELOPE_PASSES):
+                decoded = match_envelope(decoded, cond[:, : 1 + decoded.numel() // hop], self.mel_fn)
+        return self.crossfade(audio, decoded, w0, s0, s1, M)
 
-    def crossfade(self, audio: Tensor, repaired: Tensor, w0: int, s0: int, s1: int) -> Tensor:
+    def level_matched(self, audio: Tensor, decoded: Tensor, w0: int, s0: int, s1: int, reach: int) -> Tensor:
+        """`decoded` (the window from w0) with its span [s0, s1) scaled to the input's rms over
+        `reach` samples on each side of the span (the surrounding level; gain at most +12 dB)."""
+        T = audio.numel()
+        ref = torch.cat([audio[max(0, s0 - reach): s0], audio[s1: min(T, s1 + reach)]]).double()
+        fill = decoded[s0 - w0: s1 - w0].double()
+        if ref.numel() == 0 or fill.numel() == 0:
+            return decoded
+        gain = float(ref.pow(2).mean().sqrt() / fill.pow(2).mean().sqrt().clamp_min(1e-9))
+        out = decoded.clone()
+        out[s0 - w0: s1 - w0] *= min(gain, 4.0)  # silence around: a silent span
+        return out
+
+    def crossfade(self, audio: Tensor, repaired: Tensor, w0: int, s0: int, s1: int, margin: int | None = None) -> Tensor:
         """`audio` [T] with `repaired` (the window from sample w0 on) on [s0, s1) and raised-cosine
         crossfades over the margins: samples outside [s0 − margin, s1 + margin) are not touched."""
-        T, M = audio.numel(), self.margin
+        T, M = audio.numel(), self.margin if margin is None else margin
         a, b = max(0, s0 - M), min(T, s1 + M, w0 + repaired.numel())
         pos = torch.arange(a, b, dtype=torch.float64)
         ramp_in = 0.5 - 0.5 * torch.cos(math.pi * (pos - (s0 - M)) / max(M, 1))
@@ -244,47 +326,51 @@ class Enhancer:
         x0 = mono_audio(audio)
         key = name if key is None else key
         x = x0.clone()
-        score = first = self.scorer.score_audio(x, name)
-        spans: list[list[int]] = []  # [first frame, last frame, iterations, round of last repair]
+        first, _, first_clicks = self.score(x, name)
+        score, clicks = first, first_clicks
+        spans: list[list[int]] = []  # [first sample, end sample, iterations, round of last repair]
         rounds = 0 if dry_run else self.max_iters
         for it in range(1, rounds + 1):
-            if not score.regions:
+            todo = self.plan(score, clicks, x.numel())
+            if not todo:
                 break
             with torch.inference_mode():
                 mel = self.mel_fn(x)
-            for r in score.regions:
-                a, b = self.grow(r, score.frame_z)
-                s0, s1 = self.span(a, b, x.numel())
-                x = self.repair(x, mel, s0, s1, key)
-                _merge(spans, a, b, it)
+            for s0, s1, margin in todo:
+                x = self.repair(x, mel, s0, s1, key, margin, self.fill if margin == self.margin else "latent")
+                _merge(spans, s0, s1, it)
             x = quantize(x, subtype)
-            score = self.scorer.score_audio(x, name)
+            score, _, clicks = self.score(x, name)
         if dry_run:
-            spans = [[r.first_frame, r.last_frame, 0, 0] for r in first.regions]
+            spans = [[s0, s1, 0, 0] for s0, s1, _ in self.plan(first, first_clicks, x.numel())]
         result = EnhanceResult(file=name, audio=x, seconds=x.numel() / self.synth.sampling_rate,
                                nats_before=first.nats_per_sample, nats_after=score.nats_per_sample,
-                               changed_samples=int((x != x0).sum()), still_flagged=len(score.regions))
-        result.regions = [self._row(name, first, score, a, b, n) for a, b, n, _ in spans]
+                               changed_samples=int((x != x0).sum()),
+                               still_flagged=len(self.plan(score, clicks, x.numel())))
+        result.regions = [self._row(name, first, score, s0, s1, n) for s0, s1, n, _ in spans]
         return result
 
-    def _row(self, name: str, before: FileScore, after: FileScore, a: int, b: int, n: int) -> RepairedRegion:
+    def _row(self, name: str, before: FileScore, after: FileScore, s0: int, s1: int, n: int) -> RepairedRegion:
         hop, sr = self.synth.hop_length, self.synth.sampling_rate
+        last = len(before.frame_z) - 1
+        a, b = min(last, (s0 + hop // 2) // hop), min(last, (s1 - 1 + hop // 2) // hop)
         mean = lambda v: float(torch.tensor(v[a: b + 1]).mean())  # noqa: E731
         return RepairedRegion(
-            file=name, start_s=max(0.0, (a * hop - hop / 2) / sr), end_s=(b * hop + hop / 2) / sr,
+            file=name, start_s=s0 / sr, end_s=s1 / sr,
             first_frame=a, last_frame=b, nats_before=mean(before.frame_nats), nats_after=mean(after.frame_nats),
             min_z=float(min(before.frame_z[a: b + 1])), iterations=n)
 
 
 def enhance(synth: Synthesizer, audio: Tensor, threshold: float = 5.0, merge_gap: int = 2, max_iters: int = 3,
-            margin_ms: float = 20.0, sigma: float = 0.0, seed: int = 0, subtype: str = "FLOAT",
-            dry_run: bool = False) -> EnhanceResult:
+            margin_ms: float = 20.0, sigma: float = 1.0, seed: int = 0, subtype: str = "FLOAT",
+            dry_run: bool = False, click_threshold: float = 30.0, level: str = "rms",
+            fill: str = "envelope") -> EnhanceResult:
     """Repair one recording: `Enhancer(synth, ...).enhance_audio(audio, ...)`.
 
     Args:
         synth: a `Synthesizer` (fp32 recommended).
-        audio: float [T] at the checkpoint's sampling rate.
-        threshold, merge_gap, max_iters, margin_ms, sigma, seed: as `Enhancer`.
+        audio: float mono [T] or [1, T] at the checkpoint's sampling rate (anything else: UserError).
+        threshold, merge_gap, max_iters, margin_ms, sigma, seed, click_threshold, level, fill: as `Enhancer`.
         subtype: the sample format the result is rounded to ("PCM_16", "PCM_24", "FLOAT", ...).
         dry_run: flag only.
 
@@ -295,13 +381,14 @@ def enhance(synth: Synthesizer, audio: Tensor, threshold: float = 5.0, merge_gap
         >>> result = enhance(Synthesizer("best.pt", device="cpu"), audio, subtype="PCM_16")
     """
     enhancer = Enhancer(synth, threshold=threshold, merge_gap=merge_gap, max_iters=max_iters,
-                        margin_ms=margin_ms, sigma=sigma, seed=seed)
+                        margin_ms=margin_ms, sigma=sigma, seed=seed, click_threshold=click_threshold,
+                        level=level, fill=fill)
     return enhancer.enhance_audio(audio, subtype=subtype, dry_run=dry_run)
 
 
 def _merge(spans: list[list[int]], a: int, b: int, it: int) -> None:
-    """Add frames [a, b] repaired in round `it` to `spans`, merging overlapping/adjacent ones."""
-    hits = [s for s in spans if s[0] <= b + 1 and a <= s[1] + 1]
+    """Add samples [a, b) repaired in round `it` to `spans`, merging overlapping/adjacent ones."""
+    hits = [s for s in spans if s[0] <= b and a <= s[1]]
     for s in hits:
         spans.remove(s)
     lo = min([a, *(s[0] for s in hits)])
@@ -404,6 +491,8 @@ def enhance_files(enhancer: Enhancer, inputs: Inputs, output_dir: str | os.PathL
     done.wall_seconds = time.perf_counter() - t0
     write_report(report_path, done, {"threshold": enhancer.scorer.threshold, "max_iters": enhancer.max_iters,
                                      "margin_ms": enhancer.margin * 1000 / sr, "sigma": enhancer.sigma,
+                                     "click_threshold": enhancer.click_threshold, "level": enhancer.level,
+                                     "fill": enhancer.fill,
                                      "dry_run": dry_run, "unit": "nats per sample"})
     return done
 
