@@ -156,15 +156,22 @@ class EnhanceApp(InferenceSettings):
     """waveglow-enhance: likelihood-guided repair of damaged stretches of recordings."""
 
     output_dir: str = setting(MISSING, "gets <stem>.wav per input (same rate, length and subtype) and the report")
-    threshold: float = setting(5.0, "a frame is suspect when its robust z-score is below -threshold (clean demo "
-                               "speech stays above -4)", gt=0)
+    threshold: float = setting(5.0, "a frame is suspect when its robust z-score is below -threshold (measured: no "
+                               "region on the 8 held-out demo clips with the tests' 150-step and make demo's "
+                               "400-step tiny models; docs/enhance_convert.md)", gt=0)
     merge_gap: int = setting(2, "suspect frames at most this many frames apart form one region", min=0)
     max_iters: int = setting(3, "score -> repair -> rescore rounds at most", min=1)
     margin_ms: float = setting(20.0, "crossfade margin around each repaired region (ms)", min=0)
     dry_run: bool = setting(False, "report the regions only, write no audio")
-    sigma: float = setting(0.0, "latent std inside a repaired span, relative to the latent around it "
-                           "(0: the model's mean given the interpolated mel, the smoothest fill)", min=0)
+    sigma: float = setting(1.0, "latent std inside a repaired span (fill=latent, and click spans), relative to "
+                           "the encoded latent next to it (0: the model's mean, a quiet fill)", min=0)
     seed: int = setting(0, "noise seed of repaired spans (used when sigma > 0)", min=0)
+    click_threshold: float = setting(30.0, "also flag 8-sample windows whose local robust z-score of the "
+                                     "per-sample log-likelihood is below -click_threshold (0: off)", min=0)
+    level: str = setting("rms", "level of each repaired span: none | rms (scaled to the input's rms around it) | "
+                         "mel (spectrum pulled toward the interpolated mel)", choices=("none", "rms", "mel"))
+    fill: str = setting("envelope", "fill of frame-level regions: latent (in-fill through the flow) | envelope (the "
+                        "input's samples, spectrum pulled toward the interpolated mel)", choices=("latent", "envelope"))
     report: str = setting("enhance_report.csv", "the report's file name inside output_dir (.csv or .json)")
 
 
