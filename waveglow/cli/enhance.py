@@ -22,8 +22,12 @@ log = logging.getLogger("waveglow.enhance")
 
 SCRIPT = Script(
     name="waveglow-enhance", config="waveglow_enhance",
-    summary="Repair damaged stretches of recordings (clicks, noise bursts, dropouts) where the model's exact "
-            "likelihood says they are improbable: score -> flag -> repair -> rescore, up to max_iters. Writes "
+    summary="Repair damaged stretches of recordings where the model's exact likelihood says they are improbable: "
+            "clicks (found on 8-sample windows) and noise bursts (found per mel frame); dropouts to digital silence "
+            "are not found. Score -> flag -> repair -> rescore, up to max_iters. Measured on injected defects "
+            "(scripts/measure_repair.py, docs/enhance_convert.md): with make demo's recipe at 400 steps, 17/24 "
+            "single-sample clicks, 24/24 5-sample clicks and 15/16 20 ms bursts flagged, no false positive on 8 "
+            "clean held-out clips. Writes "
             "<output_dir>/<stem>.wav per input with the input's rate, length and sample format (everything "
             "outside the repaired regions and their crossfade margins bit-identical; files with nothing "
             "flagged copied unchanged) and a report with a row per repaired region.",
