@@ -11,11 +11,12 @@ so the table shows speed and fidelity side by side.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from waveglow.bench.case import Case
 from waveglow.bench.cost import count_macs
 from waveglow.bench.memory import PeakMemory
 from waveglow.bench.report import fill_peak, fill_speed
@@ -24,9 +25,6 @@ from waveglow.config import ModelConfig, from_dict
 from waveglow.errors import UserError
 from waveglow.export import eager_decode, onnx_model_bytes, run, session, snr_db
 from waveglow.model import WaveGlow
-
-if TYPE_CHECKING:  # cases.py imports this module: no runtime import back
-    from waveglow.bench.cases import Case
 
 
 def bench_onnxruntime(case: Case, peak: Mapping[str, float] | None, model: WaveGlow,
