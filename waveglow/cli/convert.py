@@ -22,9 +22,10 @@ log = logging.getLogger("waveglow.convert")
 SCRIPT = Script(
     name="waveglow-convert", config="waveglow_convert",
     summary="Voice conversion in the flow's latent space: encode each recording with its own mel (exact), "
-            "warp the mel's frequency axis (formant_shift), replace it with a second recording's "
-            "time-aligned mel (target=), and/or scale the latent (latent_scale), then decode. The identity "
-            "settings give the input back to float rounding.",
+            "move the mel's spectral envelope (formant_shift: formants move, the harmonics stay), replace it "
+            "with a second recording's time-aligned mel (target=), and/or scale the latent (latent_scale), then "
+            "decode. Outputs have the input's sampling rate and length (another rate is resampled to the "
+            "model's and back). The identity settings give the input back to float rounding.",
     usage="checkpoint=<ckpt> input=<wav | folder | glob | filelist> output_dir=<dir>",
     examples=("waveglow-convert checkpoint=run/checkpoints/best.pt input=a.wav output_dir=out formant_shift=1.15",
               "waveglow-convert checkpoint=ckpt.pt input=speaker_a.wav target=speaker_b.wav output_dir=out"),

@@ -180,7 +180,8 @@ class ConvertApp(InferenceSettings):
     """waveglow-convert: encode with the input's own mel, change the conditioning/latent, decode."""
 
     output_dir: str = setting(MISSING, "gets <stem>.wav per input")
-    formant_shift: float = setting(1.0, "warp the mel's frequency axis by this factor (moves the envelope)", gt=0)
+    formant_shift: float = setting(1.0, "move the mel's spectral envelope (formants) by this factor in frequency; "
+                                   "the harmonics (pitch) stay", gt=0)
     target: str | None = setting(None, "a second recording whose (DTW-aligned) mel replaces the source's")
     latent_scale: float = setting(1.0, "scale z (detail <-> smoothness)", min=0)
     format: str = setting("PCM_16", "PCM_16 | PCM_24 | FLOAT", choices=("PCM_16", "PCM_24", "FLOAT"))
