@@ -183,6 +183,7 @@ def test_two_slurm_tasks_train_with_ddp_without_torchrun(corpus, tmp_path):
     assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1  # rank 0 alone writes
 
 
+@pytest.mark.slow  # two trainer starts: 50-80 s on the 2 shared cores here
 def test_a_preempted_job_writes_last_pt_exits_143_and_its_requeue_resumes(corpus, tmp_path):
     """SLURM preempts (or reaches the time limit of) a job with SIGTERM: the step in flight
     ends, last.pt is written and the status is 143, which the README's batch script requeues
