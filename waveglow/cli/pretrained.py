@@ -35,14 +35,14 @@ def _size(n: int | None) -> str:
 @app(SCRIPT)
 def _run(cfg: PretrainedApp) -> None:
     from waveglow.errors import UserError
-    from waveglow.pretrained import cached, find, from_environment, get, load_registry
+    from waveglow.pretrained import find, from_environment, get, is_cached, load_registry
 
     settings = from_environment(home=cfg.home, registry=cfg.registry, offline=cfg.offline,
                                 timeout=cfg.timeout, progress=cfg.progress)
     registry = load_registry(settings.registry)
     if cfg.action == "list":
         for e in registry.values():
-            where = cached(e, settings)
+            where = is_cached(e, settings)  # verified when it is loaded
             rate = f"{e.sample_rate / 1000:g} kHz" if e.sample_rate else "rate not stated"
             print(f"{e.name}{'  [cached]' if where else ''}")
             if e.description:

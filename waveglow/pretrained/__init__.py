@@ -21,6 +21,7 @@ from waveglow.pretrained.cache import (
     Settings,
     cached,
     get,
+    is_cached,
     is_pretrained,
     resolve,
     settings_from_env,
@@ -41,5 +42,5 @@ def resolve_checkpoint(spec: str | os.PathLike) -> Path:
     return Path(spec)
 
 
-__all__ = ["Entry", "PREFIX", "Settings", "cached", "find", "from_environment", "get", "is_pretrained",
+__all__ = ["Entry", "PREFIX", "Settings", "cached", "find", "from_environment", "get", "is_cached", "is_pretrained",
            "load_registry", "read_registry", "resolve", "resolve_checkpoint", "settings_from_env"]

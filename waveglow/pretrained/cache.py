@@ -27,7 +27,7 @@ from typing import Any
 
 from waveglow.data.download import Unreachable, fetch, sha256_file
 from waveglow.errors import UserError
-from waveglow.fileio import write_text_atomic
+from waveglow.fileio import atomic_write, write_text_atomic
 from waveglow.pretrained.registry import Entry, find, load_registry
 
 log = logging.getLogger("waveglow")
@@ -84,6 +84,12 @@ def model_dir(entry: Entry, settings: Settings) -> Path:
     return settings.home / "pretrained" / entry.name
 
 
+def is_cached(entry: Entry, settings: Settings) -> bool:
+    """Whether a finished model is in the cache (cheap: no checksum is computed)."""
+    folder = model_dir(entry, settings)
+    return (folder / "model.pt").is_file() and (folder / "model.json").is_file()
+
+
 def cached(entry: Entry, settings: Settings) -> Path | None:
     """The verified cached checkpoint of `entry`, or None when it is not downloaded yet.
 
@@ -125,8 +131,8 @@ def _convert(entry: Entry, source: Path, out: Path) -> None:
         from waveglow.checkpoint import load_checkpoint
 
         load_checkpoint(source)  # a checkpoint of this toolkit, checked like any other
-        shutil.copyfile(source, out.with_name(out.name + ".tmp"))
-        os.replace(out.with_name(out.name + ".tmp"), out)
+        with open(source, "rb") as src:
+            atomic_write(out, lambda f: shutil.copyfileobj(src, f), durable=True)
         return
     from waveglow.interop import import_nvidia
 
