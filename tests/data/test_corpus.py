@@ -172,3 +172,14 @@ def test_preprocess_multi_speaker_corpus(kind: str, tmp_path: Path, single_threa
     rows = [line for line in (root / "cache" / "manifest.jsonl").read_text().splitlines() if line]
     unseen = (root / "splits" / "val_unseen.txt").read_text().split()
     assert unseen and all(any(f'"{u}"' in r and '"test"' in r for r in rows) for u in unseen)
+
+
+def test_balance_by_speaker() -> None:
+    from types import SimpleNamespace
+
+    from waveglow.data.corpus import balance_by_speaker
+
+    ids = ["p1/p1_001", "p1/p1_002", "p1/p1_003", "p1/p1_004", "p2/p2_001", "p3/p3_001", "p3/p3_002"]
+    out = [c.id for c in balance_by_speaker([SimpleNamespace(id=i) for i in ids], "vctk")]
+    assert out == ids[:4] + ["p2/p2_001"] * 4 + ["p3/p3_001", "p3/p3_002"] * 2
+    assert [c.id for c in balance_by_speaker([SimpleNamespace(id="LJ001-0001")], "ljspeech")] == ["LJ001-0001"]

@@ -50,3 +50,21 @@ def test_three_steps_report_unseen_speakers(kind, tmp_path, caplog, single_threa
     tb = _scalars(run)
     assert [s for s, _ in tb["val_unseen/log_likelihood"]] == [0, 3]
     assert [v for _, v in tb["val_unseen/log_likelihood"]] == pytest.approx([v for _, v in unseen], rel=1e-6)
+
+
+def test_balance_speaker_draws_every_speaker_equally(tmp_path, single_thread):
+    from collections import Counter
+
+    from waveglow.train.sampling import load_datasets
+
+    root = make_vctk(tmp_path / "VCTK-Corpus-0.92", clips_per_speaker=4, seconds=0.3)
+    for f in (root / "wav48_silence_trimmed" / "p226").glob("p226_00[234]_mic*.flac"):
+        f.unlink()  # p226 keeps one clip, the others four
+    over = ["data=vctk", f"data.root={root}", "data.num_workers=1", "data.splits.n_val_speakers=0",
+            "data.splits.n_val=1", "data.splits.n_test=0", "model=tiny", "train.val_segment_length=4096"]
+    plain = load_datasets(compose("waveglow_train", *over), 4096, 8, progress=False)[1]
+    balanced = load_datasets(compose("waveglow_train", *over, "data.balance=speaker"), 4096, 8, progress=False)[1]
+    count = Counter(c.id.split("/")[0] for c in balanced.reader.clips)
+    assert len(set(count.values())) == 1 and set(count) == {c.id.split("/")[0] for c in plain.reader.clips}
+    assert Counter(c.id.split("/")[0] for c in plain.reader.clips)["p226"] in (0, 1)
+    assert len(balanced) == len(count) * max(Counter(c.id.split("/")[0] for c in plain.reader.clips).values())

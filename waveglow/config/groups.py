@@ -64,6 +64,9 @@ class DataConfig:
     mic: str = setting("mic1", "vctk: which microphone's recordings (mic1 | mic2)", choices=("mic1", "mic2"))
     subsets: list[str] = setting(factory=list, help="libritts: the subset folders to use (e.g. [train-clean-100]; "
                                  "empty: every subset folder under root)")
+    balance: str = setting("none", "none | speaker (multi-speaker layouts: every speaker's clips are repeated up "
+                           "to the largest speaker's count, so each speaker is drawn equally often)",
+                           choices=("none", "speaker"))
     cache_dir: str | None = setting(None, "mel cache, manifest and statistics (null: <root>/cache, or "
                                     "<root>/cache-<mel_dir name> with data.mel_dir)")
     splits: SplitsConfig = setting(factory=SplitsConfig, help="validation/test split sizes")

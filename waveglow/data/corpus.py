@@ -18,6 +18,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from waveglow.config import DataConfig
 from waveglow.data.audio import AUDIO_SUFFIXES, OTHER_AUDIO_SUFFIXES
@@ -25,6 +26,7 @@ from waveglow.errors import UserError
 from waveglow.fileio import write_text_atomic
 
 log = logging.getLogger("waveglow.data")
+T = TypeVar("T")
 
 SPLITS = ("train", "val", "test")
 LJSPEECH_HINT = "LJSpeech layout: metadata.csv (id|text|normalized text) and wavs/<id>.wav"
@@ -364,6 +366,30 @@ def read_splits(data_cfg: DataConfig) -> dict[str, list[str]] | None:
     if unseen.is_file():  # held-out speakers (multi-speaker corpora); their clips are in test.txt too
         splits[UNSEEN] = _read_ids(unseen)
     return splits
+
+
+def balance_by_speaker(clips: Sequence[T], layout: str) -> list[T]:
+    """The training clips with each speaker's clips repeated (cycled in order) up to the largest
+    speaker's count, so that a uniform draw picks every speaker equally often.
+
+    Args:
+        clips: objects with an `id` (clip id of a multi-speaker layout).
+        layout: `data.layout` (the speaker is read from the id).
+
+    Returns:
+        n_speakers × (largest speaker's clip count) clips, grouped by speaker; `clips` unchanged
+        when the ids name no speakers.
+    """
+    by_speaker: dict[str, list[T]] = {}
+    for c in clips:
+        spk = speaker_of(layout, c.id)
+        if spk is None:
+            return list(clips)
+        by_speaker.setdefault(spk, []).append(c)
+    if not by_speaker:
+        return list(clips)
+    most = max(len(v) for v in by_speaker.values())
+    return [group[i % len(group)] for _, group in sorted(by_speaker.items()) for i in range(most)]
 
 
 def _hold_out_speakers(data_cfg: DataConfig, ids: list[str]) -> tuple[list[str], list[str], list[str]]:

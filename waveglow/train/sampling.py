@@ -157,7 +157,15 @@ def load_datasets(cfg: TrainApp, segment_length: int, multiple: int, *, progress
     """
     t = cfg.train
     mean, std = load_stats(cfg, progress=progress)
-    train_set = SegmentDataset(cfg, "train", segment_length=segment_length)
+    clips = None
+    if getattr(cfg.data, "balance", "none") == "speaker":  # every speaker drawn equally often
+        from waveglow.data.corpus import balance_by_speaker
+        from waveglow.data.datasets import split_clips
+
+        found = split_clips(cfg, "train")
+        clips = balance_by_speaker(found, str(cfg.data.layout))
+        log.info(f"data.balance=speaker: {len(found)} train clips -> {len(clips)} per epoch, equal per speaker")
+    train_set = SegmentDataset(cfg, "train", segment_length=segment_length, clips=clips)
     val_seg = t.val_segment_length
     if val_seg:
         val_seg = int(val_seg) - int(val_seg) % multiple
