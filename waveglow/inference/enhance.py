@@ -2,29 +2,36 @@
 
 The loop, per recording, up to `max_iters` rounds:
 
-    1. score: the exact log-likelihood per mel frame given the recording's own mel (`Scorer`);
+    1. score: the exact log-likelihood per sample ℓ_t given the recording's own mel (`Scorer`),
+       its mean per mel frame, and its mean per 8-sample window (`clicks`);
     2. flag: frames whose robust z-score is below −threshold, merged into regions, each grown
-       over its neighbours below −threshold/2;
-    3. repair each region (below);
+       over its neighbours below −threshold/2; and click spans, 8-sample windows whose z-score
+       against their ±1024-sample neighbourhood is below −click_threshold (a single-sample
+       click barely moves a frame's mean);
+    3. repair each span (below);
     4. rescore; stop when nothing is flagged.
 
-**Repair: latent in-filling under an interpolated mel.** For a flagged span [s0, s1) of samples:
+**Repair.** For a flagged span [s0, s1) of samples:
 
     a. the log-mel frames whose analysis window touches the span are replaced by a linear
        interpolation between the nearest untouched frames on either side (the damage is in
        the mel too: a click or a burst is broadband energy the speech does not have);
-    b. a window around the span (plus the margin and the model's receptive field on each side)
-       is encoded under that mel: z = f(x; mel'), exact;
-    c. z inside the span is replaced by its mean, 0 (sigma = 0, the default), or by noise of
-       sigma × the std of the latent around the span (seeded by (seed, file, span)); z outside
-       it is kept, so the decoded audio continues the recording's own fine structure;
-    d. decode, and crossfade (raised cosine) from the input to the decoded audio over
-       `margin_ms` on each side of the span.
+    b. the fill. Click spans (and frame regions with fill="latent"): a window around the span
+       (plus the margin and the model's receptive field on each side) is encoded under that
+       mel, z = f(x; mel'), exact; z inside the span is drawn as noise of sigma × the std of
+       the encoded latent next to it (seeded by (seed, file, span)), z outside it is kept, and
+       the window is decoded. (A zero latent, the model's mean, decodes a small model's span
+       20-27 dB below its surroundings.) Frame regions with fill="envelope" (the default):
+       the input's own samples, their STFT pulled toward the interpolated mel, which removes
+       the energy the mel says the span did not hold and keeps the speech's phase;
+    c. level="rms": the fill scaled to the input's rms next to the span;
+    d. crossfade (raised cosine) from the input to the fill over `margin_ms` on each side of a
+       frame region, 1 ms on each side of a click span.
 
 Only samples in [s0 − margin, s1 + margin) can change; everything else is copied, and after
 each round the audio is rounded to the output's PCM grid, so unrepaired samples are written
-back bit-identical (and a recording with nothing flagged is copied unchanged). Why this method
-rather than gradient ascent on log p(x | mel), with measurements: docs/enhance_convert.md.
+back bit-identical (and a recording with nothing flagged is copied unchanged). Measurements of
+these choices against the alternatives (`scripts/measure_repair.py`): docs/enhance_convert.md.
 
 Long recordings are scored in pieces by the `Scorer`; each repair touches only a window around
 its span, and long spans are encoded and decoded in pieces (`convert.encode_audio`).
@@ -139,10 +146,17 @@ class Enhancer:
         threshold: robust z-score below which a frame is suspect (positive number).
         merge_gap: suspect frames at most this far apart form one region.
         max_iters: score -> repair -> rescore rounds at most.
-        margin_ms: crossfade on each side of a repaired span, in milliseconds.
-        sigma: std of the latent drawn inside a repaired span, relative to the std of the latent
-            around it (0: the latent's mean, the smoothest fill).
+        margin_ms: crossfade on each side of a repaired frame region, in milliseconds (click
+            spans: 1 ms, or less when margin_ms is smaller).
+        sigma: std of the latent drawn inside a span filled through the flow, relative to the std
+            of the encoded latent next to it (0: the latent's mean, a quiet fill).
         seed: noise seed of the repairs.
+        click_threshold: local robust z-score of 8-sample windows below which a click span is
+            flagged (0: frame-level detection only).
+        level: "rms" (each fill scaled to the input's rms next to its span), "mel" (the decoded
+            window pulled toward the interpolated mel) or "none".
+        fill: of frame regions: "envelope" (the input's samples, spectrum pulled toward the
+            interpolated mel) or "latent" (through the flow, as click spans always are).
     """
 
     def __init__(self, synth: Synthesizer, threshold: float = 5.0, merge_gap: int = 2, max_iters: int = 3,
