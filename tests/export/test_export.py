@@ -10,6 +10,7 @@ Parity: relative max difference (max |onnx − eager| / max |eager|) <= 1e-4 aga
 
 from __future__ import annotations
 
+import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -305,6 +306,9 @@ def test_export_settings_are_checked_before_any_work(tmp_path, tiny_checkpoint, 
     assert proc.returncode == 2, proc.stderr
     assert_one_error_line(proc.stderr, "calibration=null: the demo corpus")
     assert "tracing" not in proc.stderr
+    # A fresh console handler on this test's captured stderr (an earlier in-process run left one
+    # on its own, now closed, capture stream).
+    monkeypatch.setattr(logging.getLogger("waveglow"), "handlers", [])
     loaded: list[str] = []
     real_load = export_cli.load_model
     monkeypatch.setattr(export_cli, "load_model", lambda path, **kw: (loaded.append(str(path)), real_load(path, **kw))[1])
