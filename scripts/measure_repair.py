@@ -29,8 +29,10 @@ def main(argv: list[str]) -> None:
     unknown = set(opts) - {"checkpoint", "corpus", "threads", "threshold", "click_threshold", "sigma", "level", "fill",
                            "margin_ms", "json"}
     if "checkpoint" not in opts or unknown:
-        sys.exit(f"error: usage: {Path(__file__).name} checkpoint=<ckpt> [corpus= threads= threshold= "
-                 f"click_threshold= sigma= level= fill= margin_ms= json=]" + (f" (unknown: {sorted(unknown)})" if unknown else ""))
+        print(f"error: usage: {Path(__file__).name} checkpoint=<ckpt> [corpus= threads= threshold= "
+              f"click_threshold= sigma= level= fill= margin_ms= json=]"
+              + (f" (unknown: {sorted(unknown)})" if unknown else ""), file=sys.stderr)
+        sys.exit(2)
     torch.set_num_threads(int(opts.get("threads", 1)))
     enhancer = Enhancer(Synthesizer(opts["checkpoint"], device="cpu"), threshold=float(opts.get("threshold", 5)),
                         click_threshold=float(opts.get("click_threshold", 30)), sigma=float(opts.get("sigma", 1)),
