@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from waveglow.errors import UserError
 from waveglow.inference import Synthesizer
 from waveglow.inference.enhance import Enhancer
 from waveglow.inference.repair_eval import measure, summarize
@@ -46,4 +47,8 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
