@@ -65,6 +65,7 @@ def test_ground_truth_hits_the_ceilings_and_the_report_is_complete(checkpoint, t
     assert summary["metrics"]["pesq"]["unit"].startswith("MOS-LQO") and summary["metrics"]["mcd"]["unit"] == "dB"
     assert summary["systems"]["ground_truth"]["pesq"]["n"] == 2
     assert set(summary["seconds_per_clip"]) >= {"pesq", "stoi", "f0_rmse", "mcd", "synthesis"}
+    assert set(summary["cpu_seconds_per_clip"]) >= {"pesq", "f0_rmse", "synthesis", "log_likelihood", "griffin_lim"}
     assert "PESQ ↑" in proc.stdout and "MCD dB ↓" in proc.stdout
 
     # The model's WAV is what waveglow-synthesize gives for the clip's mel: same noise keying.

@@ -63,7 +63,8 @@ def main(cfg: EvalApp) -> None:
     meta = {"checkpoint": checkpoint, "clips": source, "n_clips": len(clips_done), "sigma": cfg.sigma,
             "seed": cfg.seed, "sampling_rate": records.sampling_rate, "steps": records.steps,
             "skipped": [{"item": k, "reason": r} for k, r in records.skipped],
-            "seconds_per_clip": records.metric_seconds, "wall_seconds": records.wall_seconds,
+            "seconds_per_clip": records.metric_seconds, "cpu_seconds_per_clip": records.metric_cpu_seconds,
+            "wall_seconds": records.wall_seconds,
             "machine": f"{platform.machine()}, {_cores()} cores"}
     written.append(write_json(out / "summary.json", summary, metrics, meta))
     if cfg.report:

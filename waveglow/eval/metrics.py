@@ -19,7 +19,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -163,12 +163,14 @@ class ClipTask:
 
 @dataclass
 class ClipResult:
-    """A worker's answer: per system {metric: value or None}, notes, and seconds per metric."""
+    """A worker's answer: per system {metric: value or None}, notes, and per metric the wall and
+    the CPU seconds (this worker's process time) spent on the clip, all systems together."""
 
     clip: str
     values: dict[str, dict[str, float | None]]
     notes: dict[str, list[str]]
     seconds: dict[str, float]
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
 
 
 class _Features:
@@ -241,6 +243,7 @@ def measure_clip(task: ClipTask) -> ClipResult:
     sr = task.sampling_rate
     ref = _Features(task.reference.astype(np.float32), sr, mel_fn)
     seconds: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     values: dict[str, dict[str, float | None]] = {}
     notes: dict[str, list[str]] = {}
     for system, audio in task.outputs.items():
@@ -253,7 +256,7 @@ def measure_clip(task: ClipTask) -> ClipResult:
         row: dict[str, float | None] = {}
         why: list[str] = []
         for name in task.metrics:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             try:
                 with torch.inference_mode():
                     row[name] = float(jobs[name]())
@@ -264,6 +267,7 @@ def measure_clip(task: ClipTask) -> ClipResult:
                 row[name] = None
                 why.append(f"{name}: failed ({type(e).__name__}: {str(e)[:120]})")
             seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
+            cpu[name] = cpu.get(name, 0.0) + time.process_time() - c0
         values[system] = row
         notes[system] = why
-    return ClipResult(task.clip, values, notes, seconds)
+    return ClipResult(task.clip, values, notes, seconds, cpu)

@@ -59,6 +59,7 @@ class EvalRecords(list):
         metrics: the metric names computed.
         skipped: (clip or checkpoint, reason) for everything left out.
         metric_seconds: metric -> mean wall seconds per clip (all systems of the clip together).
+        metric_cpu_seconds: the same in CPU seconds of the process that measured it.
         wall_seconds: the whole evaluation.
         steps: system label -> training step (checkpoints only).
         run_dirs: system label -> run directory (checkpoints found in one).
@@ -73,6 +74,7 @@ class EvalRecords(list):
         self.metrics: list[str] = []
         self.skipped: list[tuple[str, str]] = []
         self.metric_seconds: dict[str, float] = {}
+        self.metric_cpu_seconds: dict[str, float] = {}
         self.wall_seconds: float = 0.0
         self.steps: dict[str, int] = {}
         self.run_dirs: dict[str, Path] = {}
@@ -220,8 +222,9 @@ def evaluate(synth_or_checkpoint: Synthesizer | str | os.PathLike | Sequence[Any
 
     # --- synthesis (this process) ------------------------------------------------------------
     bar = _bar(progress, len(systems) * len(references), "synthesize", "clip")
+    model_cpu: dict[str, float] = {}  # CPU seconds of this process (all its threads) per task
     for s in systems:
-        _synthesize(s, references, mels, sigma, seed, "log_likelihood" in names, bar)
+        _synthesize(s, references, mels, sigma, seed, "log_likelihood" in names, bar, model_cpu)
     bar.close()
     baseline_systems = []
     if GRIFFIN_LIM in baselines:
@@ -230,9 +233,10 @@ def evaluate(synth_or_checkpoint: Synthesizer | str | os.PathLike | Sequence[Any
         from waveglow.train.quality import griffin_lim
 
         for name, mel in mels.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             gl.outputs[name] = griffin_lim(mel, audio_cfg, references[name].size, griffin_lim_iters).numpy()
             gl.rtf[name] = references[name].size / sr / max(time.perf_counter() - t0, 1e-9)
+            model_cpu[GRIFFIN_LIM] = model_cpu.get(GRIFFIN_LIM, 0.0) + time.process_time() - c0
         baseline_systems.append(gl)
     if NOISE in baselines:
         nz = _System(NOISE)
@@ -265,10 +269,13 @@ def evaluate(synth_or_checkpoint: Synthesizer | str | os.PathLike | Sequence[Any
              for name, ref in references.items()]
     answers = _measure(tasks, workers, progress)
     seconds: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     for name in references:
         ans = answers[name]
         for k, v in ans.seconds.items():
             seconds[k] = seconds.get(k, 0.0) + v
+        for k, v in ans.cpu_seconds.items():
+            cpu[k] = cpu.get(k, 0.0) + v
         for s in every:
             rec: dict[str, Any] = {
                 "clip": name, "system": s.label, "kind": "model" if s.synth is not None else "baseline",
@@ -286,6 +293,8 @@ def evaluate(synth_or_checkpoint: Synthesizer | str | os.PathLike | Sequence[Any
             result.append(rec)
     n = max(len(references), 1)
     result.metric_seconds = {k: v / n for k, v in seconds.items()}
+    result.metric_cpu_seconds = {k: v / n for k, v in cpu.items()} | {
+        k: v / n for k, v in model_cpu.items()}
     for s in systems:
         if s.rtf:
             result.metric_seconds.setdefault("synthesis", 0.0)
@@ -305,7 +314,7 @@ def _bar(progress: bool, total: int, desc: str, unit: str) -> tqdm:
 
 
 def _synthesize(s: _System, references: dict[str, np.ndarray], mels: dict[str, torch.Tensor], sigma: float,
-                seed: int, likelihood: bool, bar: tqdm) -> None:
+                seed: int, likelihood: bool, bar: tqdm, cpu: dict[str, float]) -> None:
     """Copy synthesis of every clip with one checkpoint, timed, and the ground truth's likelihood."""
     synth = s.synth
     sr = synth.sampling_rate
@@ -317,16 +326,19 @@ def _synthesize(s: _System, references: dict[str, np.ndarray], mels: dict[str, t
 
         scorer = Scorer(synth)
     for name, mel in mels.items():
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         audio = synth.from_mel(mel, sigma=sigma, seed=seed, key=name)
         wall = time.perf_counter() - t0
+        cpu["synthesis"] = cpu.get("synthesis", 0.0) + time.process_time() - c0
         n = references[name].size
         s.outputs[name] = audio[:n].numpy()
         s.rtf[name] = n / sr / max(wall, 1e-9)
         if scorer is not None:
             # The exact log-density of the ground truth given its own mel (no dither), nats/sample.
+            c0 = time.process_time()
             ll = scorer.per_sample(torch.from_numpy(references[name]), mel)
             s.ll[name] = float(ll.double().mean())
+            cpu["log_likelihood"] = cpu.get("log_likelihood", 0.0) + time.process_time() - c0
         bar.update(1)
 
 
