@@ -74,7 +74,9 @@ def test_a_slow_cpu_run_says_where_it_runs_how_slow_it_is_and_reports_by_time(co
                         "train.progress_seconds=1", "train.device=auto", "train.precision=auto"),
               env={"CUDA_VISIBLE_DEVICES": ""})  # a machine without CUDA, also under --device cuda
     start = run.wait_for(r"^run ")
-    assert start is not None and "fp32 on cpu (train.device=auto: no CUDA GPU found)" in start, run.output
+    # Precision, device, the thread count and the setting that chose it, then why the CPU.
+    assert start is not None and ("fp32 on cpu, 1 thread (train.threads=1) (train.device=auto: no CUDA GPU found)"
+                                  in start), run.output
     warning = run.wait_for(r"training on the CPU")
     assert warning is not None, run.output
     match = re.search(r"\(train.device=auto found no CUDA GPU\): ([\d.e+-]+) s per step, ETA (.+) for "
