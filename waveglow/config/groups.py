@@ -53,6 +53,16 @@ class DownloadConfig:
 
 
 @dataclass
+class MixCorpusConfig:
+    """One corpus of a mix (`data=mix`, `data.corpora`)."""
+
+    name: str = setting("", "a shipped data config (ljspeech, vctk, libritts, folder, demo): its layout")
+    root: str | None = setting(None, "the corpus folder")
+    weight: float = setting(1.0, "share of the training batches, relative to the other corpora's weights", gt=0)
+    subsets: list[str] | None = setting(None, "libritts: subset folders (null: the shipped config's)")
+
+
+@dataclass
 class DataConfig:
     """A corpus and how training examples are cut from it."""
 
@@ -60,10 +70,14 @@ class DataConfig:
     root: str = setting(MISSING, "corpus folder")
     layout: str = setting("ljspeech", "ljspeech (metadata.csv + wavs/) | folder (any .wav/.flac below root) | "
                           "vctk (VCTK 0.92: wav48_silence_trimmed/<spk>/*_<mic>.flac) | libritts "
-                          "(<subset>/<spk>/<chapter>/<utt>.wav)", choices=("ljspeech", "folder", "vctk", "libritts"))
+                          "(<subset>/<spk>/<chapter>/<utt>.wav) | mix (several corpora: data.corpora)",
+                          choices=("ljspeech", "folder", "vctk", "libritts", "mix"))
     mic: str = setting("mic1", "vctk: which microphone's recordings (mic1 | mic2)", choices=("mic1", "mic2"))
     subsets: list[str] = setting(factory=list, help="libritts: the subset folders to use (e.g. [train-clean-100]; "
                                  "empty: every subset folder under root)")
+    corpora: list[MixCorpusConfig] = setting(factory=list, help="data=mix: the corpora trained on at once, e.g. "
+                                             "[{name: ljspeech, root: ..., weight: 1}, {name: vctk, root: ..., "
+                                             "weight: 2}]; root (data.root) then holds the mix's splits and cache")
     balance: str = setting("none", "none | speaker (multi-speaker layouts: every speaker's clips are repeated up "
                            "to the largest speaker's count, so each speaker is drawn equally often)",
                            choices=("none", "speaker"))

@@ -265,7 +265,8 @@ def preprocess_corpus(cfg: CorpusSettings, *, num_workers: int | None = None, pr
     workers = max(1, min(workers, len(tasks)))
     report = PreprocessReport(cache_dir=cache, n_clips=len(clips), workers=workers, paired_dir=pairs)
     clip_stats: dict[str, tuple[int, Any, Any]] = {}
-    warn = warn_once_per_rate(set())
+    # One resample warning per rate, and in a mix per corpus (its id prefix).
+    warns: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     t_mels = time.perf_counter()
     bar = tqdm(total=len(tasks), unit="clip", desc="mels", disable=not progress, file=sys.stderr,
@@ -279,7 +280,8 @@ def preprocess_corpus(cfg: CorpusSettings, *, num_workers: int | None = None, pr
                 bad.append(BadFile(res["path"], res["bad"], res["id"]))
                 continue
             if res["file_rate"] != sr:
-                warn(Path(res["path"]), res["file_rate"], sr)
+                part = res["id"].split("/", 1)[0] if data_cfg.layout == "mix" else ""
+                warns.setdefault(part, warn_once_per_rate(set()))(Path(res["path"]), res["file_rate"], sr)
             seconds = res["n_samples"] / sr
             report.seconds_audio += seconds
             if res["reused"]:

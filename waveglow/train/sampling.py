@@ -8,9 +8,10 @@ was resumed (`item_seed`, `ResumableDistributedSampler`, `SeededItems`).
 from __future__ import annotations
 
 import logging
+import math
 import random
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from waveglow.errors import UserError
 from waveglow.runtime import available_cores, resolve_loader_workers
 
 log = logging.getLogger("waveglow")
+T = TypeVar("T")
 
 
 def _splitmix64(x: int) -> int:
@@ -142,6 +144,65 @@ def training_segment_length(requested: int, multiple: int) -> int:
     return length
 
 
+def _apportion(total: int, shares: Sequence[float]) -> list[int]:
+    """`total` split in proportion to `shares` (largest remainder: the counts sum to `total`,
+    each within 1 of its exact share)."""
+    exact = [total * s / sum(shares) for s in shares]
+    counts = [math.floor(x) for x in exact]
+    by_remainder = sorted(range(len(shares)), key=lambda i: (counts[i] - exact[i], i))
+    for i in by_remainder[: total - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def _spread(items: Sequence[T], count: int) -> list[T]:
+    """`count` picks cycling through `items` in order (each within 1 of count/len(items))."""
+    return [items[i % len(items)] for i in range(count)]
+
+
+def weighted_mix(clips: Sequence[T], weights: dict[str, float], *, by_speaker: bool) -> list[T]:
+    """One epoch of a mix's training clips: corpus c fills weight_c / sum(weights) of it.
+
+    So a clip's sampling weight is weight_c / (its corpus's training clips): the weight is the
+    share of the training examples (and so, on average, of every batch) each corpus gets,
+    whatever its size. The epoch is the shortest in which every clip appears at least once;
+    with `by_speaker` every speaker of a corpus fills an equal part of the corpus's share
+    (a single-speaker corpus is one speaker).
+
+    Args:
+        clips: the training clips (objects with the mix's `id`, `<corpus>/<clip id>`).
+        weights: corpus name -> weight (> 0).
+        by_speaker: `data.balance=speaker`.
+
+    Returns:
+        The clips, repeated in those proportions (each count within 1 of its exact share),
+        grouped by corpus; a uniform draw from it follows the weights.
+    """
+    from waveglow.data.corpus import corpus_of, speaker_of
+
+    groups: dict[str, dict[str, list[T]]] = {}
+    for c in clips:
+        name = corpus_of(c.id)  # type: ignore[attr-defined]
+        spk = speaker_of("mix", c.id) if by_speaker else None  # type: ignore[attr-defined]
+        groups.setdefault(name, {}).setdefault(spk or name, []).append(c)
+    names = sorted(groups)
+    shares = [float(weights[n]) for n in names]
+    # Clips a corpus needs to show each one once: all of them, or (balanced) every speaker as
+    # many as its largest speaker has.
+    need = [len(groups[n]) * max(len(v) for v in groups[n].values()) if by_speaker else
+            sum(len(v) for v in groups[n].values()) for n in names]
+    total = max(math.ceil(k * sum(shares) / w - 1e-9) for k, w in zip(need, shares, strict=True))
+    out: list[T] = []
+    for name, count in zip(names, _apportion(total, shares), strict=True):
+        speakers = [groups[name][k] for k in sorted(groups[name])]
+        if by_speaker:
+            for group, n in zip(speakers, _apportion(count, [1.0] * len(speakers)), strict=True):
+                out += _spread(group, n)
+        else:
+            out += _spread([c for g in speakers for c in g], count)
+    return out
+
+
 def load_datasets(cfg: TrainApp, segment_length: int, multiple: int, *, progress: bool
                   ) -> tuple[dict[str, torch.Tensor], Dataset, Dataset]:
     """Mel statistics, the training segments and the fixed validation set.
@@ -158,7 +219,19 @@ def load_datasets(cfg: TrainApp, segment_length: int, multiple: int, *, progress
     t = cfg.train
     mean, std = load_stats(cfg, progress=progress)
     clips = None
-    if getattr(cfg.data, "balance", "none") == "speaker":  # every speaker drawn equally often
+    if cfg.data.layout == "mix":  # the corpora's weights (and speakers, with balance=speaker)
+        from waveglow.data.corpus import mix_parts
+        from waveglow.data.datasets import split_clips
+
+        found = split_clips(cfg, "train")
+        weights = {p.name: p.weight for p in mix_parts(cfg.data)}
+        by_speaker = getattr(cfg.data, "balance", "none") == "speaker"
+        clips = weighted_mix(found, weights, by_speaker=by_speaker)
+        total = sum(weights.values())
+        log.info("data=mix: %d train clips -> %d per epoch (%s)%s", len(found), len(clips),
+                 ", ".join(f"{n} {100 * w / total:.0f}%" for n, w in weights.items()),
+                 ", equal per speaker within each corpus" if by_speaker else "")
+    elif getattr(cfg.data, "balance", "none") == "speaker":  # every speaker drawn equally often
         from waveglow.data.corpus import balance_by_speaker
         from waveglow.data.datasets import split_clips
 
