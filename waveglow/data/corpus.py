@@ -24,7 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TypeVar
 
-from waveglow.config import DataConfig
+from waveglow.config import DataConfig, SplitsConfig
 from waveglow.data.audio import AUDIO_SUFFIXES, OTHER_AUDIO_SUFFIXES
 from waveglow.errors import UserError
 from waveglow.fileio import write_text_atomic
@@ -371,9 +371,12 @@ def mix_parts(data_cfg: DataConfig) -> list[MixPart]:
             raise UserError(f"{where}: root=... is required (the corpus folder)")
         shipped = _shipped(name)
         subsets = _entry(e, "subsets")
+        splits = data_cfg.splits
+        if shipped["layout"] not in ("vctk", "libritts"):  # one speaker: none to hold out
+            splits = SplitsConfig(n_val=int(splits.n_val), n_test=int(splits.n_test), seed=int(splits.seed))
         sub = DataConfig(name=name, root=str(root), layout=shipped["layout"], mic=shipped["mic"],
                          subsets=[str(s) for s in subsets] if subsets is not None else list(shipped["subsets"]),
-                         splits=data_cfg.splits)
+                         splits=splits)
         if not corpus_root(sub).is_dir():
             raise UserError(f"{where}: root={root}: corpus folder not found (looked in "
                             f"{corpus_root(sub).absolute()}); expected {HINTS[sub.layout]}")
@@ -400,7 +403,8 @@ def _discover_mix(data_cfg: DataConfig) -> Corpus:
     bad: list[BadFile] = []
     for part in parts:
         found = discover_corpus(part.cfg)
-        clips += [Clip(f"{part.name}/{c.id}", c.path, f"{part.name}:{c.speaker}" if c.speaker else None)
+        # Absolute paths: the manifest under the mix's root would read a relative one from there.
+        clips += [Clip(f"{part.name}/{c.id}", c.path.absolute(), f"{part.name}:{c.speaker}" if c.speaker else None)
                   for c in found.clips]
         bad += [BadFile(b.path, b.reason, f"{part.name}/{b.clip_id}" if b.clip_id else None) for b in found.bad]
         log.info("data=mix: %s (%s) at %s: %d clips, weight %g", part.name, part.cfg.layout, part.cfg.root,
