@@ -13,8 +13,9 @@ import pytest
 from conftest import compose, run_cli
 from speaker_corpora import make_libritts, make_vctk
 
-from waveglow.data import discover_corpus, preprocess_corpus
+from waveglow.data import discover_corpus, ensure_splits, preprocess_corpus
 from waveglow.data.corpus import corpus_of, speaker_of
+from waveglow.errors import UserError
 from waveglow.train.sampling import ResumableDistributedSampler, load_datasets
 
 
@@ -63,6 +64,12 @@ def test_a_mix_of_corpora_at_other_rates_is_their_union_with_one_resample_warnin
     assert sorted(corpus_of(i) for i in splits["val_unseen"]) == ["libritts", "vctk"]
     held = {speaker_of("mix", i) for i in splits["val_unseen"]}
     assert not held & {speaker_of("mix", i) for i in splits["train"]}
+    # Held-out speakers are per corpus: too many for one corpus is an error naming it.
+    too_many = compose("waveglow_preprocess", "data=mix", f"data.root={tmp_path / 'mix2'}", *small_splits(4),
+                       corpora(("vctk", vctk, 1, ""), ("libritts", libri, 3, ", subsets: []")))
+    with pytest.raises(UserError, match=r"^data.corpora \(libritts\): data.splits.n_val_speakers=4: the corpus "
+                       r"has 4 speakers"):
+        ensure_splits(too_many.data)
     # The corpora's own folders are only read.
     assert not [p for root in (vctk, libri, more) for p in root.rglob("*") if p.name in ("splits", "cache")]
 

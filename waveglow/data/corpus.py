@@ -587,7 +587,11 @@ def _draw_mix_splits(data_cfg: DataConfig, ids: list[str]) -> dict[str, list[str
         mine = [i[len(prefix):] for i in ids if i.startswith(prefix)]
         if not mine:
             raise UserError(f"data.corpora ({part.name}): no usable clips in {corpus_root(part.cfg).absolute()}")
-        for name, sub in _draw_splits(part.cfg, mine, Path(f"{part.name} ({part.cfg.root})")).items():
+        try:
+            drawn = _draw_splits(part.cfg, mine, Path(f"{part.name} ({part.cfg.root})"))
+        except UserError as e:  # e.g. n_val_speakers too large for this corpus: say which
+            raise UserError(f"data.corpora ({part.name}): {e}") from None
+        for name, sub in drawn.items():
             out.setdefault(name, []).extend(prefix + i for i in sub)
     return {name: sorted(v) for name, v in out.items()}
 
