@@ -79,7 +79,8 @@ class DataConfig:
                                              "[{name: ljspeech, root: ..., weight: 1}, {name: vctk, root: ..., "
                                              "weight: 2}]; root (data.root) then holds the mix's splits and cache")
     balance: str = setting("none", "none | speaker (multi-speaker layouts: every speaker's clips are repeated up "
-                           "to the largest speaker's count, so each speaker is drawn equally often)",
+                           "to the largest speaker's count, so each speaker is drawn equally often; data=mix: "
+                           "equally within each corpus's share)",
                            choices=("none", "speaker"))
     cache_dir: str | None = setting(None, "mel cache, manifest and statistics (null: <root>/cache, or "
                                     "<root>/cache-<mel_dir name> with data.mel_dir)")
