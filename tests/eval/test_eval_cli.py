@@ -41,7 +41,6 @@ def rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-@pytest.mark.slow  # every metric on 2 clips × 4 systems: ~75 s on the shared 2-core machine
 def test_ground_truth_hits_the_ceilings_and_the_report_is_complete(checkpoint, tmp_path, demo_root):
     out = tmp_path / "eval"
     proc = run_cli("waveglow-eval", f"checkpoint={checkpoint}", "data=demo", "split=test", "max_files=2",
