@@ -35,7 +35,7 @@ OUT = Path(os.environ.get("DEMO_OUT", REPO / "outputs" / "demo"))
 CORPUS = REPO / "data" / "demo"
 THREADS = os.environ.get("DEMO_THREADS", "").strip()
 THREAD_KEYS = {"waveglow-train": "train.threads", "waveglow-synthesize": "threads", "waveglow-enhance": "threads",
-               "waveglow-convert": "threads"}
+               "waveglow-convert": "threads", "waveglow-eval": "threads"}
 
 
 def step(title: str, *cmd: str) -> None:

@@ -9,7 +9,6 @@ from waveglow.config.cluster import ClusterConfig
 from waveglow.config.groups import AudioConfig, DataConfig, ModelConfig, TrainConfig
 from waveglow.config.schema import MISSING, setting
 
-
 # `threads=` of every script that computes (training: `train.threads`); see waveglow.runtime.
 THREADS_HELP = "CPU intra-op threads (null: the cores free at start, see README 'Speed')"
 
@@ -227,10 +226,11 @@ class EvalApp:
     device: str = setting("auto", "auto (CUDA when available) | cpu | cuda | cuda:N")
     precision: str = setting("fp32", "fp32 | fp16 | bf16", choices=("fp32", "fp16", "bf16"))
     chunk_frames: int = setting(1024, "longer inputs are synthesized in pieces of this many frames", min=1)
-    workers: int | None = setting(None, "metric processes (null: one per core; 0: in the main process)", min=0)
+    workers: int | None = setting(None, "metric processes (null: one per thread of threads=; 0: in the main process)", min=0)
     tensorboard: bool = setting(True, "with a run directory: write eval/<metric> into its event files")
     report: bool = setting(True, "write report.html (players and log-mel images)")
     progress: bool = setting(True, "progress bars on a terminal")
+    threads: int | None = setting(None, THREADS_HELP, min=1)
 
 
 @dataclass

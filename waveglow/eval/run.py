@@ -114,8 +114,10 @@ def _same_audio(a: Synthesizer, b: Synthesizer) -> str | None:
 
 
 def _workers(requested: int | None, tasks: int) -> int:
+    # None: as many processes as this process has threads (the CLI's `threads=`, by default the
+    # cores free at start), so a busy core is not oversubscribed.
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    n = cores if requested is None else int(requested)
+    n = min(cores, torch.get_num_threads()) if requested is None else int(requested)
     return max(0, min(n, tasks))
 
 
@@ -140,7 +142,7 @@ def evaluate(synth_or_checkpoint: Synthesizer | str | os.PathLike | Sequence[Any
         sigma, seed: latent std and noise seed, as `waveglow-synthesize` (key: the clip's name).
         max_files: evaluate the first N clips (None: all).
         output_dir: write each system's WAV to `<output_dir>/wavs/<system>/<clip>.wav`.
-        workers: metric processes (None: one per core; 0: in this process).
+        workers: metric processes (None: one per torch thread of this process, at most one per core; 0: in this process).
         device, precision, chunk_frames: where and how the checkpoints synthesize.
         griffin_lim_iters: iterations of the Griffin-Lim baseline.
         progress: progress bars (on a terminal).
