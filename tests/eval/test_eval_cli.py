@@ -151,5 +151,8 @@ def test_nothing_to_evaluate_is_exit_2_with_one_line(checkpoint, tmp_path):
     assert not (out / "metrics.csv").exists()
     proc = run_cli("waveglow-eval", f"checkpoint={tmp_path / 'missing.pt'}", f"input={clips}",
                    f"output_dir={out}", check=False)
-    assert proc.returncode == 2 and proc.stderr.strip().startswith("error:") and "missing.pt" in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    # The start line ("waveglow-eval: N threads ...") and then the one error line.
+    assert proc.returncode == 2 and lines[-1].startswith("error:") and "missing.pt" in lines[-1], proc.stderr
+    assert all(ln.startswith("waveglow-eval: ") for ln in lines[:-1]), proc.stderr
     assert "Traceback" not in proc.stderr

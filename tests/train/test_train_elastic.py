@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import compose, copy_demo_corpus
+from tiny_runs import tiny_cpu_run
 
 from waveglow.data import load_stats
 from waveglow.train.launch import read_launch
@@ -25,13 +26,7 @@ MAX_STEPS = 10
 
 
 def overrides(root: Path, *extra: str) -> list[str]:
-    return [
-        "data=demo", f"data.root={root}", "model=tiny", "model.upsample_kernel=256",
-        "data.segment_length=4096", "train.batch_size=1", "train.log_every=1", "train.audio_every=0",
-        "train.logdet_every=0", "train.val_segment_length=4096", "train.val_max_clips=2",
-        "train.deterministic=true", "train.threads=1", "train.device=cpu", "train.checkpoint_every=2",
-        "train.val_every=100000", f"train.max_steps={MAX_STEPS}", *extra,
-    ]
+    return tiny_cpu_run(root, "train.val_every=100000", f"train.max_steps={MAX_STEPS}", *extra)
 
 
 @pytest.fixture(scope="module")

@@ -91,11 +91,25 @@ class Stopped(BaseException):
         self.code = code
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A handler that writes to whatever `sys.stderr` is at the time of each record, not the
+    stream it was created with: a script called in-process (the Python API, a test capturing
+    stderr) may have replaced and closed the one there was at setup."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     """Plain console logging: `message` lines on stderr, no Hydra decorations."""
     root = logging.getLogger("waveglow")
     if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         root.addHandler(handler)
     root.setLevel(level)
