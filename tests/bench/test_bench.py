@@ -201,6 +201,7 @@ def _check_row(row: dict, task: str) -> None:
     assert row["achieved_gmacs"] == pytest.approx(row["gmac_per_audio_second"] * row["rtf"])
 
 
+@pytest.mark.slow  # ~30 s: every bench task of tiny through the console script
 def test_cli_tiny_emits_one_well_formed_line_per_case(tmp_path: Path) -> None:
     proc = run_cli("waveglow-bench", "model=tiny", "tasks=synthesis,train,preprocess",
                    "precision=fp32", "seconds=0.25", "repeats=2", "warmup=1", "segment_length=2048",

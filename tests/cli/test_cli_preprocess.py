@@ -60,7 +60,10 @@ def test_missing_corpus_is_a_one_line_error(tmp_path: Path) -> None:
     assert "metadata.csv" in line and "wavs/" in line
 
 
-@pytest.mark.parametrize("preset, rate, hop, own_steps", [("16k", 16000, 256, False), ("48k", 48000, 512, True)])
+@pytest.mark.parametrize("preset, rate, hop, own_steps", [
+    ("16k", 16000, 256, False),
+    pytest.param("48k", 48000, 512, True, marks=pytest.mark.slow),  # ~30 s; 16k covers the path
+])
 def test_other_rates_preprocess_train_and_synthesize(preset: str, rate: int, hop: int, own_steps: bool, corpus_copy,
                                                      tmp_path: Path) -> None:
     """The 22.05 kHz demo clips, resampled on load, through the console scripts at another rate.

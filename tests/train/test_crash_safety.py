@@ -212,6 +212,7 @@ def kill_and_resume(corpus: Path, tmp_path: Path, n_steps: int, n_random: int, s
     return done
 
 
+@pytest.mark.slow  # ~70 s: three killed runs and a SIGTERM, each resumed
 def test_kills_and_sigterm_then_resume_is_exact(corpus, tmp_path):
     done = kill_and_resume(corpus, tmp_path, n_steps=12, n_random=4, seed=KILL_SEED)
     assert sum("SIGKILL" in d for d in done) >= 5 and any("SIGTERM" in d for d in done)
