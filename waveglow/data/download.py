@@ -265,6 +265,29 @@ def _unsafe_reason(member: tarfile.TarInfo, root: str) -> str | None:
     return None
 
 
+def copy_zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, archive: str | os.PathLike, out) -> int:
+    """Stream member `info` of `zf` into the binary file `out`, counting its real size against
+    the declared one (a lying header cannot inflate the output).
+
+    Returns:
+        The bytes written (equal to the declared size).
+
+    Raises:
+        UserError: the member holds more or fewer bytes than it declares.
+    """
+    written = 0
+    with zf.open(info) as src:
+        while block := src.read(CHUNK):
+            written += len(block)
+            if written > info.file_size:
+                raise UserError(f"{archive}: member {info.filename!r} holds more data than the "
+                                f"{info.file_size} bytes it declares; refusing it")
+            out.write(block)
+    if written != info.file_size:
+        raise UserError(f"{archive}: member {info.filename!r} holds {written} bytes, declares {info.file_size}")
+    return written
+
+
 def _safe_extract_zip(archive: str | os.PathLike, root: str, progress: bool) -> int:
     """Extract a zip archive member by member into `root`, checking each before it is written:
     absolute paths, `..`, links and members that would land outside are refused, and no member
@@ -290,14 +313,8 @@ def _safe_extract_zip(archive: str | os.PathLike, root: str, progress: bool) -> 
                 os.makedirs(target, exist_ok=True)
             else:
                 os.makedirs(os.path.dirname(target), exist_ok=True)
-                written = 0
-                with zf.open(info) as src, open(target, "wb") as out:
-                    while block := src.read(CHUNK):
-                        written += len(block)
-                        if written > info.file_size:
-                            raise UserError(f"{archive}: member {name!r} holds more data than the "
-                                            f"{info.file_size} bytes it declares; refusing it")
-                        out.write(block)
+                with open(target, "wb") as out:
+                    copy_zip_member(zf, info, archive, out)
             count += 1
             bar.update(1)
     return count

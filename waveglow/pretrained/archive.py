@@ -13,6 +13,7 @@ import re
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from waveglow.data.download import copy_zip_member
 from waveglow.errors import UserError
 from waveglow.fileio import atomic_write
 
@@ -97,21 +98,8 @@ def extract_model(archive: str | os.PathLike, into: str | os.PathLike, member: s
                             "refusing a likely zip bomb")
         target = Path(into) / PurePosixPath(info.filename).name
 
-        def copy(out) -> None:
-            written = 0
-            with zf.open(info) as src:
-                while block := src.read(CHUNK):
-                    written += len(block)
-                    if written > info.file_size:
-                        raise UserError(f"{archive}: member {info.filename!r} holds more data than the "
-                                        f"{info.file_size} bytes it declares; refusing it")
-                    out.write(block)
-            if written != info.file_size:
-                raise UserError(f"{archive}: member {info.filename!r} holds {written} bytes, "
-                                f"declares {info.file_size}")
-
         try:
-            atomic_write(target, copy)
+            atomic_write(target, lambda out: copy_zip_member(zf, info, archive, out))
         except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError) as e:
             raise UserError(f"{archive}: cannot read member {info.filename!r} ({e})") from None
     return target
