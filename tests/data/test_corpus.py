@@ -177,7 +177,7 @@ def test_preprocess_multi_speaker_corpus(kind: str, tmp_path: Path, single_threa
 def test_balance_by_speaker() -> None:
     from types import SimpleNamespace
 
-    from waveglow.data.corpus import balance_by_speaker
+    from waveglow.data.splits import balance_by_speaker
 
     ids = ["p1/p1_001", "p1/p1_002", "p1/p1_003", "p1/p1_004", "p2/p2_001", "p3/p3_001", "p3/p3_002"]
     out = [c.id for c in balance_by_speaker([SimpleNamespace(id=i) for i in ids], "vctk")]

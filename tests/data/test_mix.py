@@ -14,7 +14,8 @@ from conftest import compose, run_cli
 from speaker_corpora import make_libritts, make_vctk
 
 from waveglow.data import discover_corpus, ensure_splits, preprocess_corpus
-from waveglow.data.corpus import corpus_of, speaker_of
+from waveglow.data.mix import corpus_of
+from waveglow.data.splits import speaker_of
 from waveglow.errors import UserError
 from waveglow.train.sampling import ResumableDistributedSampler, load_datasets
 

@@ -1,7 +1,9 @@
 """The data side of the toolkit: audio I/O, corpora and splits, the feature cache, the datasets.
 
     audio       read / resample / write / dither waveforms; the audio suffixes we accept
-    corpus      find the clips of a corpus (LJSpeech layout or a folder); train/val/test splits
+    corpus      find the clips of a corpus (LJSpeech, folder, VCTK, LibriTTS layouts)
+    mix         a mix of corpora (`data=mix`): the union of their clips
+    splits      the train/val/test (and held-out-speaker) filelists
     preprocess  the mel cache, manifest, statistics and bad-file report (`waveglow-preprocess`)
     clipwork    the per-clip work of preprocessing (worker processes)
     paired      paired mels (`data.mel_dir`, e.g. Tacotron 2 GTA outputs) as the conditioning
@@ -14,15 +16,12 @@ from waveglow.data.audio import AUDIO_SUFFIXES, OTHER_AUDIO_SUFFIXES
 from waveglow.data.corpus import (
     FOLDER_HINT,
     LJSPEECH_HINT,
-    SPLITS,
     BadFile,
     Clip,
     Corpus,
     cache_dir,
     corpus_root,
     discover_corpus,
-    ensure_splits,
-    read_splits,
 )
 from waveglow.data.datasets import PAD_NOISE_STD, ClipDataset, ClipInfo, SegmentDataset, split_clips
 from waveglow.data.inputs import InputFile, resolve_inputs
@@ -36,6 +35,7 @@ from waveglow.data.preprocess import (
     load_stats,
     preprocess_corpus,
 )
+from waveglow.data.splits import SPLITS, ensure_splits, read_splits
 
 __all__ = [
     "AUDIO_SUFFIXES", "OTHER_AUDIO_SUFFIXES", "FOLDER_HINT", "LJSPEECH_HINT", "MEL_FRAME_TOLERANCE", "SPLITS",

@@ -29,9 +29,10 @@ from waveglow.data.audio import (
     resampled_length,
     warn_once_per_rate,
 )
-from waveglow.data.corpus import SPLITS, cache_dir, corpus_root, discover_corpus, ensure_splits
+from waveglow.data.corpus import cache_dir, corpus_root, discover_corpus
 from waveglow.data.paired import find_paired_mel, load_paired_mel, missing_reason, paired_mel_dir
 from waveglow.data.preprocess import CorpusSettings, cache_settings, features_match, read_manifest
+from waveglow.data.splits import SPLITS, ensure_splits
 from waveglow.errors import UserError
 from waveglow.mel import MelSpectrogram, check_mel, load_mel
 

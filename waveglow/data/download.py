@@ -39,7 +39,8 @@ from typing import IO, Any
 from tqdm import tqdm
 
 from waveglow.config import DataConfig, to_dict
-from waveglow.data.corpus import corpus_root, ensure_splits
+from waveglow.data.corpus import corpus_root
+from waveglow.data.splits import ensure_splits
 from waveglow.errors import UserError
 from waveglow.fileio import write_text_atomic
 

@@ -33,18 +33,9 @@ from tqdm import tqdm
 from waveglow.config import AudioConfig, DataConfig
 from waveglow.data.audio import warn_once_per_rate
 from waveglow.data.clipwork import ClipTask, process_clips, source_stat
-from waveglow.data.corpus import (
-    SPLITS,
-    BadFile,
-    Corpus,
-    cache_dir,
-    corpus_root,
-    discover_corpus,
-    ensure_splits,
-    read_splits,
-    split_files,
-)
+from waveglow.data.corpus import BadFile, Corpus, cache_dir, corpus_root, discover_corpus
 from waveglow.data.paired import find_paired_mel, missing_reason, paired_mel_dir
+from waveglow.data.splits import SPLITS, ensure_splits, read_splits, split_files
 from waveglow.errors import UserError
 from waveglow.fileio import atomic_write, remove_stale_temps, write_text_atomic
 from waveglow.mel import MelSpectrogram, MelStats, load_mel

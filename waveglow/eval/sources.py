@@ -88,7 +88,8 @@ def corpus_clips(data_cfg: object, split: str) -> list[InputFile]:
     Raises:
         UserError: the corpus has no written splits yet, or the split is empty.
     """
-    from waveglow.data.corpus import discover_corpus, read_splits, split_files
+    from waveglow.data.corpus import discover_corpus
+    from waveglow.data.splits import read_splits, split_files
 
     splits = read_splits(data_cfg)
     if splits is None:

@@ -178,7 +178,8 @@ def weighted_mix(clips: Sequence[T], weights: dict[str, float], *, by_speaker: b
         The clips, repeated in those proportions (each count within 1 of its exact share),
         grouped by corpus; a uniform draw from it follows the weights.
     """
-    from waveglow.data.corpus import corpus_of, speaker_of
+    from waveglow.data.mix import corpus_of
+    from waveglow.data.splits import speaker_of
 
     groups: dict[str, dict[str, list[T]]] = {}
     for c in clips:
@@ -220,8 +221,8 @@ def load_datasets(cfg: TrainApp, segment_length: int, multiple: int, *, progress
     mean, std = load_stats(cfg, progress=progress)
     clips = None
     if cfg.data.layout == "mix":  # the corpora's weights (and speakers, with balance=speaker)
-        from waveglow.data.corpus import mix_parts
         from waveglow.data.datasets import split_clips
+        from waveglow.data.mix import mix_parts
 
         found = split_clips(cfg, "train")
         weights = {p.name: p.weight for p in mix_parts(cfg.data)}
@@ -232,8 +233,8 @@ def load_datasets(cfg: TrainApp, segment_length: int, multiple: int, *, progress
                  ", ".join(f"{n} {100 * w / total:.0f}%" for n, w in weights.items()),
                  ", equal per speaker within each corpus" if by_speaker else "")
     elif getattr(cfg.data, "balance", "none") == "speaker":  # every speaker drawn equally often
-        from waveglow.data.corpus import balance_by_speaker
         from waveglow.data.datasets import split_clips
+        from waveglow.data.splits import balance_by_speaker
 
         found = split_clips(cfg, "train")
         clips = balance_by_speaker(found, str(cfg.data.layout))

@@ -175,8 +175,8 @@ class Validator:
 def unseen_dataset(cfg: TrainApp, multiple: int) -> Dataset | None:
     """The clips of `<root>/splits/val_unseen.txt` (speakers held out of training, see
     `data.splits.n_val_speakers`) as a validation set like val's, or None without that list."""
-    from waveglow.data.corpus import UNSEEN, read_splits
     from waveglow.data.datasets import ClipDataset, split_clips
+    from waveglow.data.splits import UNSEEN, read_splits
 
     ids = set((read_splits(cfg.data) or {}).get(UNSEEN, []))
     if not ids:
