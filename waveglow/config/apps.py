@@ -247,6 +247,35 @@ class PretrainedApp:
     progress: bool = setting(True, "byte progress bar on stderr")
 
 
+@dataclass
+class PruneApp:
+    """waveglow-prune: structured pruning of a checkpoint's conditioners into a smaller model."""
+
+    checkpoint: str = setting(MISSING, "the checkpoint to prune (or pretrained:NAME)")
+    keep: float = setting(0.5, "fraction of every conditioner's residual, skip and gated channels kept "
+                          "(rounded to an even count, at least 2)", gt=0, max=1)
+    output: str = setting(MISSING, "the pruned checkpoint to write (not the input)")
+    importance: str = setting("taylor", "taylor (first-order loss change over a few training batches) | "
+                              "magnitude (weight norms, no data)", choices=("taylor", "magnitude"))
+    batches: int = setting(8, "taylor: training batches the scores average over", min=1)
+    batch_size: int = setting(4, "taylor: segments per batch", min=1)
+    segment_length: int | None = setting(None, "taylor: samples per segment (null: the checkpoint's "
+                                         "data.segment_length)", min=1)
+    corpus: str | None = setting(None, "corpus folder for the batches and the held-out clips (null: the "
+                                 "checkpoint's data.root; same layout)")
+    split: str = setting("test", "held-out split of the log-likelihood", choices=("val", "test"))
+    max_clips: int | None = setting(8, "held-out clips scored (null: the whole split)", min=1)
+    eval_segment_length: int | None = setting(None, "one centred segment per held-out clip (null: whole "
+                                              "clips)", min=1)
+    speed_seconds: float = setting(1.0, "seconds of audio synthesized for the kHz figure", gt=0)
+    repeats: int = setting(3, "timed synthesis runs (median)", min=1)
+    clock: str = setting("wall", "wall | cpu (process CPU time: steadier on a shared machine with threads=1)",
+                         choices=("wall", "cpu"))
+    seed: int = setting(0, "seed of the taylor batches", min=0)
+    device: str = setting("cpu", "cpu | cuda | cuda:N | auto")
+    threads: int | None = setting(None, THREADS_HELP, min=1)
+
+
 # config name (configs/<name>.yaml) -> its schema
 APPS: dict[str, type] = {
     "waveglow_mel": MelApp,
@@ -263,5 +292,6 @@ APPS: dict[str, type] = {
     "waveglow_export": ExportApp,
     "waveglow_eval": EvalApp,
     "waveglow_pretrained": PretrainedApp,
+    "waveglow_prune": PruneApp,
 }
 GROUPS: dict[str, type] = {"audio": AudioConfig, "data": DataConfig, "model": ModelConfig, "train": TrainConfig}
