@@ -23,7 +23,9 @@ conv (`weight`) is sliced directly.
 
 Removing a channel is exactly zeroing it in the original (`mask_model`): a residual or skip
 channel whose writing rows (weights and biases) are zero stays zero; a gate whose tanh half is
-zero is tanh(0)·σ(·) = 0. The tests check the two agree.
+zero is tanh(0)·σ(·) = 0. With depthwise-separable dilated convs a zero residual channel still
+passes the depthwise conv's bias on to the pointwise conv: that constant is moved into the
+pointwise conv's bias. The tests check the two agree.
 """
 
 from __future__ import annotations
@@ -120,6 +122,11 @@ def _copy_conv(dst: WNConv1d, src: WNConv1d, rows: Tensor, cols: Tensor | None) 
     dst.bias.copy_(src.bias[rows])
 
 
+def _removed(kept: Tensor, n: int) -> Tensor:
+    """The indices of range(n) not in `kept`, ascending."""
+    return torch.tensor(sorted(set(range(n)) - set(kept.tolist())), dtype=torch.long)
+
+
 @torch.no_grad()
 def _copy_wn(dst: WN, src: WN, plan: WNPlan) -> None:
     C = src.n_channels
@@ -136,6 +143,12 @@ def _copy_wn(dst: WN, src: WN, plan: WNPlan) -> None:
         else:  # depthwise-separable: the depthwise conv acts per residual channel
             _copy_conv(d_in.depthwise, s_in.depthwise, R, None)
             _copy_conv(d_in.pointwise, s_in.pointwise, gate_rows, R)
+            # A removed (zero) residual channel still leaves the depthwise conv as its bias: a
+            # constant the pointwise conv adds to its rows, moved into their bias.
+            gone = _removed(R, C)
+            if gone.numel():
+                w = s_in.pointwise.kernel()[gate_rows][:, gone, 0]
+                d_in.pointwise.bias.add_(w @ s_in.depthwise.bias[gone].to(w.dtype))
         out_rows = S if i == last else torch.cat([R, C + S])
         _copy_conv(dst.res_skip_layers[i], src.res_skip_layers[i], out_rows, plan.gates[i])
     dst.end.weight.copy_(src.end.weight[:, S])
@@ -201,11 +214,6 @@ def _zero_rows(conv: WNConv1d, rows: Tensor) -> None:
     else:
         conv.weight_g[rows] = 0
     conv.bias[rows] = 0
-
-
-def _removed(kept: Tensor, n: int) -> Tensor:
-    """The indices of range(n) not in `kept`, ascending."""
-    return torch.tensor(sorted(set(range(n)) - set(kept.tolist())), dtype=torch.long)
 
 
 def mask_model(model: WaveGlow, plan: ChannelPlan) -> WaveGlow:
