@@ -113,6 +113,15 @@ EVAL_OUT  ?= outputs/eval
 eval: install ## objective metrics + report.html: make eval CKPT=<ckpt | run dir> [EVAL_DATA=demo EVAL_OUT=outputs/eval]
 	$(BIN)/waveglow-eval "checkpoint=$(EVAL_CKPT)" data=$(EVAL_DATA) "output_dir=$(EVAL_OUT)" $(ARGS)
 
+# make prune: a smaller model from CKPT (default: the demo run's best) keeping KEEP of every
+# conditioner's channels; the pruned checkpoint goes to PRUNE_OUT (default outputs/prune/pruned-<KEEP>.pt).
+KEEP ?= 0.5
+PRUNE_CKPT = $(if $(CKPT),$(CKPT),checkpoints/demo-tiny/checkpoints/best.pt)
+PRUNE_OUT ?= outputs/prune/pruned-$(KEEP).pt
+.PHONY: prune
+prune: install ## structured pruning: make prune CKPT=<ckpt> KEEP=0.5 [PRUNE_OUT=<pruned.pt>] (table + fine-tuning command)
+	$(BIN)/waveglow-prune "checkpoint=$(PRUNE_CKPT)" keep=$(KEEP) "output=$(PRUNE_OUT)" $(ARGS)
+
 lint: install ## ruff
 	$(BIN)/ruff check waveglow tests scripts
 
