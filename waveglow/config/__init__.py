@@ -24,6 +24,7 @@ from waveglow.config.apps import (
     GROUPS,
     BenchApp,
     ConvertApp,
+    DistillApp,
     DownloadApp,
     EnhanceApp,
     ExportApp,
@@ -40,6 +41,7 @@ from waveglow.config.apps import (
 from waveglow.config.groups import (
     AudioConfig,
     DataConfig,
+    DistillConfig,
     DownloadConfig,
     GuardConfig,
     ModelConfig,
@@ -84,4 +86,4 @@ def _resolve_annotations() -> None:
 
 _resolve_annotations()
 
-__all__ = ["dataclass_of", "APPS", "AudioConfig", "BenchApp", "CONVENTIONS", "ConfigError", "ConvertApp", "DataConfig", "DownloadApp", "DownloadConfig", "EnhanceApp", "ExportApp", "GROUPS", "GuardConfig", "ImportNvidiaApp", "InferenceSettings", "MISSING", "MelApp", "ModelConfig", "PeakConfig", "PreprocessApp", "ResynthesizeApp", "ScoreApp", "SplitsConfig", "SynthesizeApp", "TrainApp", "TrainConfig", "WNConfig", "field_kind", "from_dict", "register_schemas", "setting", "to_dict", "unknown_key", "validate"]
+__all__ = ["dataclass_of", "APPS", "AudioConfig", "BenchApp", "CONVENTIONS", "ConfigError", "ConvertApp", "DataConfig", "DistillApp", "DistillConfig", "DownloadApp", "DownloadConfig", "EnhanceApp", "ExportApp", "GROUPS", "GuardConfig", "ImportNvidiaApp", "InferenceSettings", "MISSING", "MelApp", "ModelConfig", "PeakConfig", "PreprocessApp", "ResynthesizeApp", "ScoreApp", "SplitsConfig", "SynthesizeApp", "TrainApp", "TrainConfig", "WNConfig", "field_kind", "from_dict", "register_schemas", "setting", "to_dict", "unknown_key", "validate"]

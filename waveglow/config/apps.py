@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from waveglow.config.cluster import ClusterConfig
-from waveglow.config.groups import AudioConfig, DataConfig, ModelConfig, TrainConfig
+from waveglow.config.groups import AudioConfig, DataConfig, DistillConfig, ModelConfig, TrainConfig
 from waveglow.config.schema import MISSING, setting
 
 # `threads=` of every script that computes (training: `train.threads`); see waveglow.runtime.
@@ -160,17 +160,21 @@ class EnhanceApp(InferenceSettings):
                                "400-step tiny models; docs/enhance_convert.md)", gt=0)
     merge_gap: int = setting(2, "suspect frames at most this many frames apart form one region", min=0)
     max_iters: int = setting(3, "score -> repair -> rescore rounds at most", min=1)
-    margin_ms: float = setting(20.0, "crossfade margin around each repaired region (ms)", min=0)
+    margin_ms: float = setting(20.0, "crossfade around a region in-filled through the flow (fill=latent), ms; a "
+                               "burst's fill is crossfaded over min(2, margin_ms); a click's needs none", min=0)
     dry_run: bool = setting(False, "report the regions only, write no audio")
-    sigma: float = setting(1.0, "latent std inside a repaired span (fill=latent, and click spans), relative to "
+    sigma: float = setting(1.0, "latent std inside a span in-filled through the flow (fill=latent), relative to "
                            "the encoded latent next to it (0: the model's mean, a quiet fill)", min=0)
-    seed: int = setting(0, "noise seed of repaired spans (used when sigma > 0)", min=0)
-    click_threshold: float = setting(30.0, "also flag 8-sample windows whose local robust z-score of the "
-                                     "per-sample log-likelihood is below -click_threshold (0: off)", min=0)
-    level: str = setting("rms", "level of each repaired span: none | rms (scaled to the input's rms around it) | "
-                         "mel (spectrum pulled toward the interpolated mel)", choices=("none", "rms", "mel"))
-    fill: str = setting("envelope", "fill of frame-level regions: latent (in-fill through the flow) | envelope (the "
-                        "input's samples, spectrum pulled toward the interpolated mel)", choices=("latent", "envelope"))
+    seed: int = setting(0, "noise seed of fill=latent (used when sigma > 0)", min=0)
+    click_threshold: float = setting(12.0, "also flag 8-sample windows whose local robust z-score of the "
+                                     "per-sample log-likelihood is below -click_threshold (0: off); a click span "
+                                     "is repaired only where an AR model finds samples that stand out", min=0)
+    level: str = setting("rms", "level of a burst's (or fill=latent) repair: none | rms (scaled to the input's rms "
+                         "around it; a burst's at most the damaged span's) | mel (fill=latent: spectrum pulled toward "
+                         "the interpolated mel)", choices=("none", "rms", "mel"))
+    fill: str = setting("envelope", "fill of frame regions longer than a click: envelope (the input's samples, "
+                        "spectrum lowered toward the interpolated mel) | latent (in-fill through the flow)",
+                        choices=("latent", "envelope"))
     report: str = setting("enhance_report.csv", "the report's file name inside output_dir (.csv or .json)")
 
 
@@ -248,6 +252,21 @@ class PretrainedApp:
 
 
 @dataclass
+class DistillApp:
+    """waveglow-distill: a student flow trained to reproduce a teacher checkpoint. The run is a
+    training run of the student (`model`, also settable as `student=`): same loop, checkpoints
+    and resume as waveglow-train."""
+
+    teacher: str = setting(MISSING, "the teacher: a checkpoint of this toolkit (or pretrained:NAME)")
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    run_dir: str | None = setting(None, "run directory (null: checkpoints/<data>-<model>-<time>)")
+
+
+@dataclass
 class PruneApp:
     """waveglow-prune: structured pruning of a checkpoint's conditioners into a smaller model."""
 
@@ -293,5 +312,7 @@ APPS: dict[str, type] = {
     "waveglow_eval": EvalApp,
     "waveglow_pretrained": PretrainedApp,
     "waveglow_prune": PruneApp,
+    "waveglow_distill": DistillApp,
 }
-GROUPS: dict[str, type] = {"audio": AudioConfig, "data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+GROUPS: dict[str, type] = {"audio": AudioConfig, "data": DataConfig, "model": ModelConfig, "train": TrainConfig,
+                           "distill": DistillConfig}

@@ -197,3 +197,26 @@ class TrainConfig:
     progress_seconds: float = setting(30.0, "also a progress line after this many seconds without one "
                                       "(0 = only every log_every steps; no effect on a terminal's bar)", min=0)
     guard: GuardConfig = setting(factory=GuardConfig, help="divergence guards")
+
+
+@dataclass
+class DistillConfig:
+    """The objective of `waveglow-distill` (presets: waveglow/configs/distill/)."""
+
+    loss: str = setting("regression", "regression: the student decodes the teacher's latent z to the teacher's "
+                        "audio (L1 + multi-resolution STFT) | likelihood: the student's exact likelihood of "
+                        "fresh teacher samples", choices=("regression", "likelihood"))
+    weight: float = setting(1.0, "weight of the teacher term (0: none, e.g. a from-scratch baseline)", min=0)
+    real_weight: float = setting(0.0, "weight of the student's NLL on the real training audio (nats/sample) "
+                                 "added to the teacher term (> 0: the mixed objective)", min=0)
+    sigma: float = setting(0.6, "std of the latent z the teacher decodes (0.6: what synthesis uses)", gt=0)
+    l1_weight: float = setting(1.0, "regression: weight of the mean |sample difference|", min=0)
+    stft_weight: float = setting(1.0, "regression: weight of the multi-resolution STFT distance", min=0)
+    val_clips: int = setting(4, "val clips decoded by teacher and student at each validation "
+                             "(distill/val_* distances)", min=0)
+
+    def validate(self, prefix: str = "distill") -> None:
+        if self.weight == 0 and self.real_weight == 0:
+            raise ConfigError(f"{prefix}.weight and {prefix}.real_weight are both 0: nothing to train")
+        if self.loss == "regression" and self.weight > 0 and self.l1_weight == 0 and self.stft_weight == 0:
+            raise ConfigError(f"{prefix}.l1_weight and {prefix}.stft_weight are both 0: the regression has no term")

@@ -116,7 +116,7 @@ class Trainer:
         self.ckpt_dir = self.checkpoints.dir
         self._resume_or_init()
         self.stepper = Stepper(self.model, self.optimizer, device=self.device, amp_dtype=self.amp_dtype,
-                               grad_clip=float(t.grad_clip or 0), scaler=self.scaler, net=ctx.wrap(self.model),
+                               grad_clip=float(t.grad_clip or 0), scaler=self.scaler, net=ctx.wrap(self.training_net()),
                                world=self.world, grad_accum=self.grad_accum, memory=str(t.memory))
         self.guard = Guard(self.state, t, self.checkpoints, ctx, self.monitor)
 
@@ -176,6 +176,12 @@ class Trainer:
         self.monitor.layout()
 
     # ---------------------------------------------------------------- the parts the loop calls
+    def training_net(self) -> torch.nn.Module:
+        """What each step's forward calls (before the DDP wrapper): the model, whose output is the
+        log-likelihood [B] in nats. A subclass may return a module around the model whose output
+        is minus its own loss per batch item in the same units (waveglow.distill)."""
+        return self.model
+
     def train_step(self, batch: dict[str, Tensor], with_stats: bool) -> StepResult:
         """One optimizer step on `batch` at the scheduled learning rate."""
         lr = lr_at(self.state.step, self.tcfg, self.state.lr_mult)
@@ -234,7 +240,7 @@ class Trainer:
                             interval_s=float(t.progress_seconds), check=ThroughputCheck(
                                 enabled=self.is_main and self.device.type == "cpu", threads=self.threads.count,
                                 world=self.world, calibrate=one_thread_training_rate(
-                                    self.model, n_mels=int(self.cfg.audio.n_mels), device=self.device,
+                                    self.training_net(), n_mels=int(self.cfg.audio.n_mels), device=self.device,
                                     hop_length=int(self.cfg.audio.hop_length), samples=self.segment_length,
                                     amp_dtype=self.amp_dtype)))
         speed = SpeedCheck(enabled=self.is_main and self.cpu_fallback, start_step=s.step, max_steps=max_steps,
