@@ -122,6 +122,15 @@ PRUNE_OUT ?= outputs/prune/pruned-$(KEEP).pt
 prune: install ## structured pruning: make prune CKPT=<ckpt> KEEP=0.5 [PRUNE_OUT=<pruned.pt>] (table + fine-tuning command)
 	$(BIN)/waveglow-prune "checkpoint=$(PRUNE_CKPT)" keep=$(KEEP) "output=$(PRUNE_OUT)" $(ARGS)
 
+# make distill: train STUDENT (a model config) to reproduce TEACHER (a checkpoint) on DATA; the
+# objective is distill=regression unless ARGS says otherwise (docs/distillation.md).
+TEACHER ?=
+STUDENT ?= micro
+.PHONY: distill
+distill: install ## distillation: make distill TEACHER=<ckpt> STUDENT=squeeze [DATA=demo ARGS='distill=mixed run_dir=...']
+	@test -n "$(TEACHER)" || { echo "error: set TEACHER=<checkpoint.pt> (the model to reproduce)"; exit 2; }
+	$(BIN)/waveglow-distill "teacher=$(TEACHER)" student=$(STUDENT) data=$(DATA) $(AUDIO_ARG) $(ARGS)
+
 lint: install ## ruff
 	$(BIN)/ruff check waveglow tests scripts
 
