@@ -33,18 +33,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from waveglow.cli.common import (
+from waveglow.cli.common import Failed, Script, Stopped, setup_logging
+from waveglow.cli.compose import (
     CONFIG_DIR,
-    Failed,
-    Script,
-    Stopped,
     check_overrides,
     compose,
     hydra_quoted,
     resolve_config_dirs,
     resolved_yaml,
     searchpath_override,
-    setup_logging,
     typed_config,
 )
 from waveglow.errors import UserError
