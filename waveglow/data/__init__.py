@@ -9,7 +9,8 @@
     paired      paired mels (`data.mel_dir`, e.g. Tacotron 2 GTA outputs) as the conditioning
     datasets    SegmentDataset (training) and ClipDataset (validation), reading that cache
     inputs      the one `input=` resolver of waveglow-mel, -synthesize, -resynthesize, -score
-    download    fetch and unpack a corpus archive (`waveglow-download`)
+    download    fetch a corpus archive and unpack it (`waveglow-download`)
+    extract     unpack a tar or zip archive without trusting its member names
 """
 
 from waveglow.data.audio import AUDIO_SUFFIXES, OTHER_AUDIO_SUFFIXES

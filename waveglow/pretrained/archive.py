@@ -13,7 +13,7 @@ import re
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from waveglow.data.download import copy_zip_member
+from waveglow.data.extract import copy_zip_member
 from waveglow.errors import UserError
 from waveglow.fileio import atomic_write
 
