@@ -74,6 +74,10 @@ def test_readme_command_composes(name, args):
         from waveglow.cli.pretrained import rewrite_argv as pretrained_argv
 
         args = pretrained_argv(args)
+    if name == "waveglow-distill":  # student=X is the run's model=X
+        from waveglow.cli.distill import rewrite_argv as distill_argv
+
+        args = distill_argv(args)
     argv = parse_argv(args, name)  # raises on a non key=value argument
     if argv.action is None and not argv.dirs:
         # The script's own composition: unknown keys, bad groups, types and ranges raise.

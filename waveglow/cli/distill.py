@@ -34,12 +34,16 @@ SCRIPT = Script(
 )
 
 
-def student_alias(arg: str) -> str:
-    """`student=X` / `student.key=v` -> `model=X` / `model.key=v` (the student is the run's model)."""
-    for prefix in ("student=", "student."):
-        if arg.startswith(prefix):
-            return "model" + arg[len("student"):]
-    return arg
+def rewrite_argv(argv: Sequence[str]) -> list[str]:
+    """`student=X` / `student.key=v` -> `model=X` / `model.key=v` (the student is the run's
+    model); other arguments unchanged."""
+    out = []
+    for arg in argv:
+        for prefix in ("student=", "student."):
+            if arg.startswith(prefix):
+                arg = "model" + arg[len("student"):]
+        out.append(arg)
+    return out
 
 
 @app(SCRIPT)
@@ -56,5 +60,4 @@ def _run(cfg: DistillApp) -> TrainResult:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """The console script: `student=` settings are the run's `model=` settings."""
-    args = sys.argv[1:] if argv is None else list(argv)
-    _run([student_alias(a) for a in args])
+    _run(rewrite_argv(sys.argv[1:] if argv is None else argv))
