@@ -26,13 +26,44 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      help="cpu (default): everything on the CPU, cuda tests skipped; cuda: run the cuda tests too")
 
 
+# Test files that share a session-cached fixture run on one xdist worker (see `_xdist_groups`):
+# test_enhance.tiny_checkpoint, a minute of training, is built once per worker that needs it.
+SHARED_FIXTURE_GROUPS = {
+    "tests/inference/test_enhance.py": "enhance-tiny",
+    "tests/inference/test_convert.py": "enhance-tiny",
+}
+
+
+def _parallel_workers() -> int:
+    """How many xdist workers this run has (1 in a plain run)."""
+    return int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("--device") == "cpu":
         # Before torch initializes CUDA: in-process tests and every child process see no GPU.
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    if _parallel_workers() > 1:
+        # Each worker (and every script it starts) computes on one core: two intra-op threads
+        # next to another busy worker wait at OpenMP barriers for a descheduled thread (tiny
+        # training 15x slower). OMP_NUM_THREADS is torch's default at import (this runs before
+        # the test modules import it) and caps the scripts' automatic `threads=` choice.
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def _xdist_groups(items: list[pytest.Item]) -> None:
+    """One xdist group per test file (its module fixtures are built once, on one worker), files
+    sharing a session-cached fixture in one group, for `--dist loadgroup`."""
+    for item in items:
+        path = item.nodeid.split("::", 1)[0]
+        item.add_marker(pytest.mark.xdist_group(SHARED_FIXTURE_GROUPS.get(path, path)))
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # An xdist worker of `--dist loadgroup` (xdist sets `loadgroup` there and `dist` to "no").
+    if getattr(config.option, "loadgroup", False):
+        _xdist_groups(items)
     if config.getoption("--device") == "cuda":
         return
     skip = pytest.mark.skip(reason="a CUDA test: run with --device cuda (make gpu-check)")
@@ -96,6 +127,21 @@ def run_cli(name: str, *args: str, check: bool = True, timeout: float = 300, env
         full_env.update(env)
     proc = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout,
                           env=full_env, cwd=cwd or REPO)
+    if check and proc.returncode != 0:
+        pytest.fail(f"{name} {' '.join(args)} exited {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
+    return proc
+
+
+def run_script(name: str, *args: str, check: bool = True, timeout: float = 300, env: dict | None = None,
+               cwd: str | os.PathLike | None = None) -> subprocess.CompletedProcess:
+    """`run_cli` without the ~3 s interpreter start: the script's entry point runs in a process
+    forked from a helper that imported torch and the toolkit once (tests/cli_forks.py). Its own
+    process, exit status, stdout/stderr and working directory; `env` is applied when the script
+    starts (not re-read by modules imported before). For checks of what a script does with its
+    settings and inputs; `run_cli` for checks of the installed console script itself."""
+    from cli_forks import Job, run_forked
+
+    (proc,) = run_forked([Job(name, list(args), cwd=cwd, env=dict(env or {}), timeout=timeout)])
     if check and proc.returncode != 0:
         pytest.fail(f"{name} {' '.join(args)} exited {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
     return proc

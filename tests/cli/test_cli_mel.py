@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
-from conftest import run_cli
+from conftest import run_cli, run_script
 
 from waveglow.data.audio import load_audio
 from waveglow.mel import MelSpectrogram
@@ -66,12 +66,12 @@ def test_folder_expansion_keeps_layout(tmp_path: Path) -> None:
 
 
 def test_bad_inputs_give_one_line_errors(tmp_path: Path) -> None:
-    missing = run_cli("waveglow-mel", f"input={tmp_path / 'nope.wav'}", f"output_dir={tmp_path / 'o'}", check=False)
+    missing = run_script("waveglow-mel", f"input={tmp_path / 'nope.wav'}", f"output_dir={tmp_path / 'o'}", check=False)
     assert missing.returncode == 2
     assert missing.stderr.strip().splitlines()[-1].startswith("error: ") and "nope.wav" in missing.stderr
     assert "Traceback" not in missing.stderr
 
     fake = tmp_path / "fake.wav"
     fake.write_text("not audio")
-    bad = run_cli("waveglow-mel", f"input={fake}", f"output_dir={tmp_path / 'o'}", check=False)
+    bad = run_script("waveglow-mel", f"input={fake}", f"output_dir={tmp_path / 'o'}", check=False)
     assert bad.returncode == 2 and "fake.wav: cannot read audio" in bad.stderr and "Traceback" not in bad.stderr

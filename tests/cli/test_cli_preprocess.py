@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
-from conftest import run_cli
+from conftest import run_cli, run_script
 
 
 def test_preprocess_a_folder_corpus_it_has_never_seen(demo_root: Path, tmp_path: Path) -> None:
@@ -53,7 +53,7 @@ def test_preprocess_a_folder_corpus_it_has_never_seen(demo_root: Path, tmp_path:
 
 
 def test_missing_corpus_is_a_one_line_error(tmp_path: Path) -> None:
-    proc = run_cli("waveglow-preprocess", "data=ljspeech", f"data.root={tmp_path / 'LJSpeech-1.1'}", check=False)
+    proc = run_script("waveglow-preprocess", "data=ljspeech", f"data.root={tmp_path / 'LJSpeech-1.1'}", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith("error: ") and "LJSpeech-1.1: corpus folder not found" in line

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import compose, copy_demo_corpus, run_cli
+from conftest import compose, copy_demo_corpus, run_cli, run_script
 
 from waveglow.cli import sweep
 from waveglow.cli.train import SCRIPT, main
@@ -43,13 +43,13 @@ def summary(sweep_dir: Path) -> tuple[list[dict], dict]:
 # ------------------------------------------------------------------------------ before any job
 def test_a_bad_value_in_any_job_is_one_line_naming_job_and_key_and_nothing_runs(tmp_path: Path) -> None:
     sweep_dir = tmp_path / "sweep"
-    proc = run_cli("waveglow-train", "-m", "data=demo", "model=tiny,squeeze", "train.lr=1e-4,-5",
+    proc = run_script("waveglow-train", "-m", "data=demo", "model=tiny,squeeze", "train.lr=1e-4,-5",
                    f"hydra.sweep.dir={sweep_dir}", check=False, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     # Job 1 (the 2nd of model x lr in Hydra's order) is the first bad one.
     assert proc.stderr.strip() == "error: job 1 (model=tiny train.lr=-5): train.lr=-5.0: expected a number > 0"
     assert not sweep_dir.exists() and not (tmp_path / "checkpoints").exists()
-    typo = run_cli("waveglow-train", "--multirun", "data=demo", "model=tiny,tinyy", check=False, cwd=tmp_path)
+    typo = run_script("waveglow-train", "--multirun", "data=demo", "model=tiny,tinyy", check=False, cwd=tmp_path)
     assert typo.returncode == 2 and typo.stderr.strip().startswith("error: model=tinyy: no such model config")
 
 
@@ -130,7 +130,7 @@ def test_cfg_job_prints_the_resolved_validated_config_of_each_job(capsys) -> Non
 
 
 def test_help_tells_of_sweeps_and_cfg() -> None:
-    text = run_cli("waveglow-train", "--help").stdout
+    text = run_script("waveglow-train", "--help").stdout
     assert "-m / --multirun runs a sweep" in text and "--cfg job prints" in text
     assert "hydra/launcher=basic" in text and "cluster.gpus_per_node=1" in text
     from waveglow.cli.common import help_text
@@ -141,7 +141,7 @@ def test_help_tells_of_sweeps_and_cfg() -> None:
 
 
 def test_a_script_without_sweeps_refuses_m(tmp_path: Path) -> None:
-    proc = run_cli("waveglow-mel", "-m", "input=a.wav,b.wav", "output_dir=o", check=False, cwd=tmp_path)
+    proc = run_script("waveglow-mel", "-m", "input=a.wav,b.wav", "output_dir=o", check=False, cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.strip() == (
         "error: waveglow-mel does not run sweeps (-m); run it once per setting")
 

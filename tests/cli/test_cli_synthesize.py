@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 import torch
-from conftest import run_cli
+from conftest import run_cli, run_script
 from synth_helpers import HOP, active_model, write_bad_inputs
 
 from waveglow.checkpoint import FORMAT_VERSION, save_checkpoint
@@ -74,7 +74,7 @@ def test_bad_mel_fails_with_one_line_and_no_wav(workdir, tmp_path):
     shutil.copy(files["good"], d / "good.pt")
     shutil.copy(files["wrong_n_mels"], d / "wrong_n_mels.pt")
     out = tmp_path / "out"
-    proc = run_cli("waveglow-synthesize", f"checkpoint={ckpt}", f"input={d}", f"output_dir={out}",
+    proc = run_script("waveglow-synthesize", f"checkpoint={ckpt}", f"input={d}", f"output_dir={out}",
                    check=False, env=ONE_THREAD)
     assert proc.returncode == 2
     line = one_error_line(proc.stderr)
@@ -87,7 +87,7 @@ def test_checkpoint_that_is_not_ours(workdir, tmp_path):
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {"w": torch.zeros(3)}, "iteration": 10}, foreign)
     out = tmp_path / "out"
-    proc = run_cli("waveglow-synthesize", f"checkpoint={foreign}", f"input={root / 'mels'}",
+    proc = run_script("waveglow-synthesize", f"checkpoint={foreign}", f"input={root / 'mels'}",
                    f"output_dir={out}", check=False, env=ONE_THREAD)
     assert proc.returncode == 2
     assert "foreign.pt" in one_error_line(proc.stderr)
@@ -100,7 +100,7 @@ def test_on_error_skip_lists_every_bad_file(workdir, tmp_path):
     listing = tmp_path / "mels.txt"
     listing.write_text("\n".join(str(p) for p in files.values()) + "\n")
     out = tmp_path / "out"
-    proc = run_cli("waveglow-synthesize", f"checkpoint={ckpt}", f"input={listing}", f"output_dir={out}",
+    proc = run_script("waveglow-synthesize", f"checkpoint={ckpt}", f"input={listing}", f"output_dir={out}",
                    "on_error=skip", "progress=false", env=ONE_THREAD)
     assert sorted(p.name for p in out.glob("*.wav")) == ["good.wav"]
     for name, path in files.items():

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import run_cli
+from conftest import run_cli, run_script
 from loopback_http import LoopbackServer
 
 from waveglow.data.download import MARKER, download, download_and_extract, safe_extract
@@ -237,10 +237,10 @@ def test_cli_downloads_extracts_and_writes_splits(archive, tmp_path):
 
 
 def test_cli_errors(archive, tmp_path):
-    proc = run_cli("waveglow-download", "data=demo", check=False)
+    proc = run_script("waveglow-download", "data=demo", check=False)
     assert proc.returncode == 2 and "data=demo has no download section" in proc.stderr
     src, _ = archive
-    proc = run_cli("waveglow-download", f"data.root={tmp_path / TOP}", f"data.download.url={src.as_uri()}",
+    proc = run_script("waveglow-download", f"data.root={tmp_path / TOP}", f"data.download.url={src.as_uri()}",
                    f"data.download.sha256={'f' * 64}", f"data.download.archive={tmp_path / 'a.tar.bz2'}",
                    "progress=false", check=False)
     assert proc.returncode == 2 and "sha256 mismatch" in proc.stderr

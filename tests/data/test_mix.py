@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import compose, run_cli
+from conftest import compose, run_cli, run_script
 from speaker_corpora import make_libritts, make_vctk
 
 from waveglow.data import discover_corpus, ensure_splits, preprocess_corpus
@@ -144,7 +144,7 @@ def test_three_training_steps_on_a_mix_report_unseen_speakers(tmp_path):
 def test_a_bad_mix_entry_is_one_line_naming_it(entries, expected, tmp_path, demo_root):
     nowhere = tmp_path / "nowhere"
     args = entries.replace("DEMO", str(demo_root)).replace("NOWHERE", str(nowhere))
-    proc = run_cli("waveglow-preprocess", "data=mix", f"data.root={tmp_path / 'mix'}", args, check=False, timeout=120)
+    proc = run_script("waveglow-preprocess", "data=mix", f"data.root={tmp_path / 'mix'}", args, check=False, timeout=120)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert expected.replace("NOWHERE", str(nowhere)) in errors[0], errors[0]
