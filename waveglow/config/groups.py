@@ -214,6 +214,7 @@ class DistillConfig:
     stft_weight: float = setting(1.0, "regression: weight of the multi-resolution STFT distance", min=0)
     val_clips: int = setting(4, "val clips decoded by teacher and student at each validation "
                              "(distill/val_* distances)", min=0)
+    val_sigma: float = setting(0.6, "std of the shared latent of the val distances (0.6: what synthesis uses)", gt=0)
 
     def validate(self, prefix: str = "distill") -> None:
         if self.weight == 0 and self.real_weight == 0:

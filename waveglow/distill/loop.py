@@ -96,7 +96,7 @@ class DistillTrainer(Trainer):
         was_training = self.model.training
         self.model.eval()
         try:
-            d = teacher_distances(self.model, self.teacher, clips, sigma=float(self.dcfg.sigma),
+            d = teacher_distances(self.model, self.teacher, clips, sigma=float(self.dcfg.val_sigma),
                                   seed=int(self.tcfg.seed), mel_fn=self.mel_fn,
                                   with_teacher_truth=self._teacher_truth is None, cache=self._teacher_outputs)
         finally:
@@ -110,7 +110,7 @@ class DistillTrainer(Trainer):
         self.monitor.scalars(step, {f"distill/val_{k}": v for k, v in d.items()})
         append_metric(self.run_dir / "metrics.jsonl", {"step": step, **{f"distill_{k}": v for k, v in d.items()}})
         finite = all(math.isfinite(v) for v in d.values())
-        log.info(f"step {step}: student vs teacher on {n} val clip(s) at sigma {float(self.dcfg.sigma):g}: "
+        log.info(f"step {step}: student vs teacher on {n} val clip(s) at sigma {float(self.dcfg.val_sigma):g}: "
                  f"mel L1 {d['mel_l1_teacher']:.3f}, MR-STFT {d['mr_stft_teacher']:.3f}; vs the originals: "
                  f"student {d['mel_l1_truth']:.3f} / {d['mr_stft_truth']:.3f}, teacher "
                  f"{d['teacher_mel_l1_truth']:.3f} / {d['teacher_mr_stft_truth']:.3f} (mel L1 / MR-STFT, "
