@@ -59,11 +59,17 @@ $(STAMP): pyproject.toml $(TORCH_STAMP)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-test: install ## run the test suite (CPU; CUDA cases skip without a GPU)
-	$(PY) -m pytest -q
+# Test processes (pytest-xdist), one per core of a 2-core machine; each computes on one thread,
+# and the tests sharing a module or session fixture stay on one worker (tests/conftest.py).
+# TEST_WORKERS=1: one process, no xdist.
+TEST_WORKERS ?= 2
+TEST_PARALLEL = $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
+
+test: install ## run the test suite (CPU; CUDA cases skip without a GPU; TEST_WORKERS=2 processes)
+	$(PY) -m pytest -q $(TEST_PARALLEL)
 
 test-all: install ## the test suite including the slow cases
-	$(PY) -m pytest -q -m "slow or not slow"
+	$(PY) -m pytest -q -m "slow or not slow" $(TEST_PARALLEL)
 
 demo: install ## train a tiny model on the bundled corpus and synthesize its held-out clips (~4 min on 2 CPU cores; THREADS=N sets the threads)
 	DEMO_THREADS=$(THREADS) $(PY) scripts/demo.py

@@ -26,7 +26,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      help="cpu (default): everything on the CPU, cuda tests skipped; cuda: run the cuda tests too")
 
 
-# Test files that share a session-cached fixture run on one xdist worker (see `_xdist_groups`):
+# Test files that share a session-cached fixture run on one xdist worker (see
+# `pytest_xdist_make_scheduler`):
 # test_enhance.tiny_checkpoint, a minute of training, is built once per worker that needs it.
 SHARED_FIXTURE_GROUPS = {
     "tests/inference/test_enhance.py": "enhance-tiny",
@@ -51,19 +52,26 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def _xdist_groups(items: list[pytest.Item]) -> None:
-    """One xdist group per test file (its module fixtures are built once, on one worker), files
-    sharing a session-cached fixture in one group, for `--dist loadgroup`."""
-    for item in items:
-        path = item.nodeid.split("::", 1)[0]
-        item.add_marker(pytest.mark.xdist_group(SHARED_FIXTURE_GROUPS.get(path, path)))
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: unknown (and unused) without it
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """`--dist loadfile`, with the files that share a session-cached fixture as one unit.
+
+    Each test file runs on one worker (its module fixtures are built once), and so do the files
+    of one SHARED_FIXTURE_GROUPS group. (xdist's own `loadgroup` marks do not group under
+    pytest 9, where a test's id no longer follows the `_nodeid` xdist rewrites.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SharedFixtureScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return SHARED_FIXTURE_GROUPS.get(path, path)
+
+    return SharedFixtureScheduling(config, log)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # An xdist worker of `--dist loadgroup` (xdist sets `loadgroup` there and `dist` to "no").
-    if getattr(config.option, "loadgroup", False):
-        _xdist_groups(items)
     if config.getoption("--device") == "cuda":
         return
     skip = pytest.mark.skip(reason="a CUDA test: run with --device cuda (make gpu-check)")
