@@ -45,6 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from waveglow.fused_ops import gated_tanh_sigmoid
+
 # Whether the bf16 reformulations of the inference path (`_dilated_as_matmul`, the float32
 # gate) may run; `autograd_numerics()` turns them off. The fp32 ones change results only by
 # float32 rounding and always run.
@@ -66,6 +68,25 @@ def autograd_numerics() -> Iterator[None]:
         yield
     finally:
         _LOW_PRECISION_FAST_PATHS.reset(token)
+
+
+# Whether the training-path operators of `waveglow.fused_ops` (and the split views of the
+# conditioning projection) run; `plain_training_ops()` turns them off, for the tests and A/B
+# measurements that compare them with the plain composition of torch operators.
+_FUSED_TRAINING_OPS: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "waveglow_fused_training_ops", default=True)
+
+
+@contextlib.contextmanager
+def plain_training_ops() -> Iterator[None]:
+    """Inside: the conditioner's autograd path uses only plain torch operators (slices of the
+    conditioning projection, tanh·sigmoid with autograd's own backward, `baddbmm` 1×1 convs):
+    the reference the fused training operators are tested and measured against."""
+    token = _FUSED_TRAINING_OPS.set(False)
+    try:
+        yield
+    finally:
+        _FUSED_TRAINING_OPS.reset(token)
 
 
 @functools.cache
@@ -406,11 +427,21 @@ class WN(nn.Module):
         # autocast a different rounding of the biases would show as reconstruction error.
         c_all = self.cond_layer.conv(cond, None)
         cond_bias = self.cond_layer.bias
+        fused = not inplace and _FUSED_TRAINING_OPS.get()
+        # With autograd, per-layer slices of the projection would each back-propagate as a
+        # zero-filled [B, 2·C·L, N] tensor added into the others (L fills and adds of the whole
+        # projection per conditioner); `split` back-propagates as one concatenation.
+        c_parts = c_all.split(2 * C, dim=1) if fused else None
+        b_parts = cond_bias.split(2 * C) if fused else None
         skip: Tensor | None = None
         for i, (in_layer, res_skip) in enumerate(zip(self.in_layers, self.res_skip_layers)):
             rows = slice(2 * C * i, 2 * C * (i + 1))
-            g = in_layer.conv(h, in_layer.out_bias + cond_bias[rows])
-            g = g.add_(c_all[:, rows])
+            if c_parts is not None and b_parts is not None:
+                g = in_layer.conv(h, in_layer.out_bias + b_parts[i])
+                g = g.add_(c_parts[i])
+            else:
+                g = in_layer.conv(h, in_layer.out_bias + cond_bias[rows])
+                g = g.add_(c_all[:, rows])
             if inplace and g.device.type == "cpu" and (
                     g.dtype == torch.float32 or g.dtype == torch.bfloat16 and _LOW_PRECISION_FAST_PATHS.get()):
                 # tanh(u) = 2·sigmoid(2u) - 1, in float32: on the CPU the vectorized fp32
@@ -423,10 +454,15 @@ class WN(nn.Module):
                 u = g if g.dtype == torch.float32 else g.float()
                 gate = torch.sigmoid_(u[:, C:])
                 acts = torch.sigmoid_(u[:, :C].mul_(2.0)).mul_(2.0).sub_(1.0).mul_(gate).to(g.dtype)
+            elif fused:
+                acts = gated_tanh_sigmoid(g)
             else:
                 acts = torch.tanh(g[:, :C]) * torch.sigmoid(g[:, C:])
             rs = res_skip(acts)
-            if i < last:
+            if i < last and fused:
+                res, s = rs.split(C, dim=1)  # one concatenation in backward, not two filled slices
+                h = h + res
+            elif i < last:
                 h = h.add_(rs[:, :C]) if inplace else h + rs[:, :C]
                 s = rs[:, C:]
             else:
