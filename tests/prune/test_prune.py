@@ -267,3 +267,19 @@ def test_pruned_checkpoint_fine_tunes_with_init_from_and_synthesizes(checkpoint,
     run_cli("waveglow-synthesize", f"checkpoint={out}", f"input={mels}", f"output_dir={tmp_path / 'wavs'}",
             "threads=1")
     assert (tmp_path / "wavs" / "a.wav").is_file()
+
+
+@pytest.mark.cuda
+def test_cuda_surgery_and_scores_match_cpu():
+    """On a GPU: the surgery copies the same tensors and the Taylor scores agree with the CPU's."""
+    model = random_model()
+    plan = random_plan(model, 10)
+    cpu = prune_model(model, plan).state_dict()
+    gpu = prune_model(copy.deepcopy(model).cuda(), plan).state_dict()
+    assert all(torch.equal(cpu[k], gpu[k].cpu()) for k in cpu)
+    batches = [inputs(2)]
+    s_cpu = taylor_scores(model, batches)
+    s_gpu = taylor_scores(copy.deepcopy(model).cuda(), batches)
+    for a, b in zip(s_cpu, s_gpu):
+        for x, y in ((a.residual, b.residual), (a.skip, b.skip), (a.gates, b.gates)):
+            assert torch.allclose(x, y, rtol=1e-3, atol=1e-6 * float(x.abs().max()))

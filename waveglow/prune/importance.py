@@ -27,6 +27,7 @@ from torch import Tensor
 from waveglow.conditioner import WN, WNConv1d
 from waveglow.model import WaveGlow
 from waveglow.prune.surgery import ChannelPlan, WNPlan, conditioners, top_channels
+from waveglow.runtime import exact_fp32
 
 IMPORTANCES = ("taylor", "magnitude")
 
@@ -130,7 +131,7 @@ def taylor_scores(model: WaveGlow, batches: Iterable[tuple[Tensor, Tensor]]) -> 
     for audio, mel in batches:
         audio, mel = audio.to(device), mel.to(device)
         work.zero_grad(set_to_none=False)
-        with torch.enable_grad():
+        with torch.enable_grad(), exact_fp32(device):  # no TF32: scores as exact as the CPU's
             loss = -work.log_prob(audio, mel).sum() / audio.numel()
             loss.backward()
         scores = []
