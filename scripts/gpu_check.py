@@ -9,7 +9,9 @@ Runs, each as the real command a user would type (see `--plan`):
      samples/s, peak memory, skipped steps, val log-likelihood before and after;
   4. 50 steps of the same with invertible backprop (`train.memory=invertible`) in fp16 with
      its GradScaler: it must learn like the standard pass;
-  5. the benchmark's training step on CUDA (`waveglow-bench tasks=train`): samples/s, peak memory;
+  5. the benchmark's training step on CUDA (`waveglow-bench tasks=train`) in fp16 and bf16, each
+     with standard and invertible backprop: samples/s and peak memory, the figures that decide
+     the GPU defaults of train.precision and train.memory;
   6. a 2-process DDP run of `tiny` (torchrun) when there are 2 or more GPUs.
 
 Prints a table (stdout; progress on stderr) and writes the same rows to

@@ -103,10 +103,12 @@ def plan_synthesis(s: Settings) -> list[Step]:
 
 
 def plan_bench(s: Settings) -> list[Step]:
+    """The training step in each mixed precision × backprop memory mode: the figures (samples/s,
+    peak memory) that decide the GPU defaults of `train.precision` and `train.memory`."""
     return [Step("bench-train", "bench", (
         script(s, "waveglow-bench"), f"device={s.device}", "tasks=train", f"model={s.model}",
-        f"precision={','.join(amp_precisions(s))}", f"batch={s.batch}", *s.bench_overrides),
-        cap_s=150, model=s.model)]
+        f"precision={','.join(amp_precisions(s))}", "memory=standard,invertible", f"batch={s.batch}",
+        *s.bench_overrides), cap_s=210, model=s.model)]
 
 
 def bench_rows(step: Step, rc: int | None, text: str, wall: float) -> list[dict[str, Any]]:
@@ -122,7 +124,8 @@ def bench_rows(step: Step, rc: int | None, text: str, wall: float) -> list[dict[
             continue
         r = row(check=check, model=b.get("model"), precision=b.get("precision"), status="ok",
                 khz=b.get("khz"), samples_per_sec=b.get("samples_per_sec"), peak_mem_mib=b.get("peak_mem_mib"),
-                snr_db_vs_fp32=b.get("snr_db_vs_fp32"), batch=b.get("batch"), audio_seconds=b.get("audio_seconds"))
+                snr_db_vs_fp32=b.get("snr_db_vs_fp32"), batch=b.get("batch"), audio_seconds=b.get("audio_seconds"),
+                memory=b.get("memory") if b.get("task") == "train" else None)
         if b.get("error"):
             r.update(status="failed", detail=str(b["error"]))
         elif check == "synthesis" and b.get("precision") != "fp32" and not finite(b.get("snr_db_vs_fp32")):

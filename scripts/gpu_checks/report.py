@@ -34,7 +34,9 @@ def _goal(r: Mapping[str, Any]) -> str:
 
 
 TABLE = (  # header, cell(row), right-aligned
-    ("check", lambda r: _fmt(r.get("check")), False),
+    # A training row in a memory mode other than the standard one says which (bench-train/invertible).
+    ("check", lambda r: _fmt(r.get("check")) + (f"/{r['memory']}" if r.get("memory") not in (None, "standard")
+                                                else ""), False),
     ("model", lambda r: _fmt(r.get("model")), False),
     ("prec", lambda r: _fmt(r.get("precision")), False),
     ("status", lambda r: _fmt(r.get("status")), False),

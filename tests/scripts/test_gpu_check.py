@@ -353,3 +353,21 @@ def test_the_gpu_run_end_to_end_with_a_fake_gpu(gc, tmp_path, monkeypatch, capsy
     work = Path(next(a for a in calls[0] if a.startswith("data.cache_dir=")).split("=", 1)[1]).parent
     assert not work.exists()  # the temporary run folders are gone
     assert all("train.device=cuda" in c for c in calls if "--as-train" in c)
+
+
+def test_bench_check_measures_each_precision_in_both_memory_modes(gc, tmp_path):
+    """The cases that decide the GPU defaults: fp16 vs bf16 × standard vs invertible backprop,
+    each read into its own row (samples/s, peak memory) and told apart in the table."""
+    (step,) = [st for st in gc.build_plan(gc.Settings(work=tmp_path, gpus=1)) if st.kind == "bench"]
+    cfg = compose("waveglow_bench", *rewrite_argv(list(step.argv[1:])))
+    assert list(cfg.tasks) == ["train"] and list(cfg.memory) == ["standard", "invertible"]
+    assert list(cfg.precision) == ["fp16", "bf16"]
+    lines = [{"task": "train", "model": "waveglow_256", "precision": p, "memory": m,
+              "samples_per_sec": 1000.0 * (i + 1), "peak_mem_mib": 100.0 * (i + 1)}
+             for i, (p, m) in enumerate((p, m) for p in ("fp16", "bf16") for m in ("standard", "invertible"))]
+    rows = gc.bench_rows(step, 0, "".join(json.dumps(x) + "\n" for x in lines) + "table\n", 30)
+    assert [(r["precision"], r["memory"], r["samples_per_sec"], r["peak_mem_mib"], r["status"]) for r in rows] == [
+        ("fp16", "standard", 1000.0, 100.0, "ok"), ("fp16", "invertible", 2000.0, 200.0, "ok"),
+        ("bf16", "standard", 3000.0, 300.0, "ok"), ("bf16", "invertible", 4000.0, 400.0, "ok")]
+    table = gc.format_table(rows)
+    assert table.count("bench-train/invertible") == 2 and table.count("bench-train ") == 2
