@@ -28,7 +28,8 @@ REQUIRED = {"waveglow_mel": ("input=a.wav", "output_dir=o"),
             "waveglow_enhance": ("checkpoint=c.pt", "input=m", "output_dir=o"),
             "waveglow_convert": ("checkpoint=c.pt", "input=m", "output_dir=o"),
             "waveglow_export": ("checkpoint=c.pt", "output=m.onnx"),
-            "waveglow_eval": ("checkpoint=c.pt", "output_dir=o")}
+            "waveglow_eval": ("checkpoint=c.pt", "output_dir=o"),
+            "waveglow_prune": ("checkpoint=c.pt", "output=p.pt")}
 
 
 @pytest.mark.parametrize("app", sorted(C.APPS))
