@@ -116,7 +116,8 @@ def test_typos_and_flags_in_a_script_get_one_line(tmp_path: Path) -> None:
 
 SCRIPTS = ["waveglow-mel", "waveglow-preprocess", "waveglow-train", "waveglow-synthesize",
            "waveglow-resynthesize", "waveglow-score", "waveglow-import-nvidia", "waveglow-bench",
-           "waveglow-download", "waveglow-enhance", "waveglow-convert", "waveglow-export"]
+           "waveglow-download", "waveglow-enhance", "waveglow-convert", "waveglow-export",
+           "waveglow-prune"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
