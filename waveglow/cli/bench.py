@@ -13,6 +13,7 @@ import sys
 import torch
 
 from waveglow import bench
+from waveglow.bench.baseline import compare, format_comparison, load_baseline
 from waveglow.cli.common import Script, app, log, save_config_beside
 from waveglow.config import BenchApp, to_dict
 from waveglow.errors import UserError
@@ -28,7 +29,8 @@ SCRIPT = Script(
     examples=("waveglow-bench",
               "waveglow-bench models=waveglow_256 precision=bf16 seconds=1,5 tasks=synthesis",
               "waveglow-bench models=run/checkpoints/best.pt device=cuda precision=fp16 batch=8",
-              "waveglow-bench models=waveglow_256 tasks=train memory=standard,invertible"),
+              "waveglow-bench models=waveglow_256 tasks=train memory=standard,invertible",
+              "waveglow-bench models=tiny tasks=train baseline=bench-main.jsonl"),
 )
 
 # `models=` names configs under configs/model/ or checkpoint paths. `model=` is accepted as the
@@ -71,6 +73,8 @@ def _bench(cfg: BenchApp) -> None:
     if cfg.engine == "onnxruntime":
         cases = with_onnx_rows(cases)
     bench.check_device(cfg.device, cfg.clock)
+    # Read before any case runs: a bad baseline file stops the run before it costs anything.
+    base_rows = load_baseline(cfg.baseline) if cfg.baseline else None
     for spec in {case.model for case in cases if case.task != "preprocess"}:
         bench.check_model_spec(spec)
     log.info(bench.machine_description(threads))
@@ -84,10 +88,17 @@ def _bench(cfg: BenchApp) -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     print(bench.format_table(rows), file=sys.stderr, flush=True)
+    comparison = None
+    if base_rows is not None:
+        comparison = format_comparison(compare(rows, base_rows))
+        print(f"\nagainst baseline {cfg.baseline} (speed ratio new/baseline: > 1 is faster; "
+              f"mem ratio: < 1 is smaller)\n{comparison}", file=sys.stderr, flush=True)
 
     if cfg.output_dir:
         write_text_atomic(f"{cfg.output_dir}/bench.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         write_text_atomic(f"{cfg.output_dir}/table.txt", bench.format_table(rows) + "\n")
+        if comparison is not None:
+            write_text_atomic(f"{cfg.output_dir}/baseline.txt", comparison + "\n")
         save_config_beside(cfg, cfg.output_dir, "bench", is_dir=True)
         log.info(f"results written to {cfg.output_dir}/bench.jsonl")
     failed = [r for r in rows if r.get("error")]

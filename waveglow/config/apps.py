@@ -148,6 +148,8 @@ class BenchApp:
     snr: bool = setting(True, "bf16/fp16 synthesis: SNR against fp32 with the same noise")
     peak: PeakConfig = field(default_factory=PeakConfig)
     output_dir: str | None = setting(None, "also write bench.jsonl and table.txt here")
+    baseline: str | None = setting(None, "a saved results file (an earlier run's bench.jsonl or JSON lines): print "
+                                   "each case's speed and peak memory as a ratio to it (cases matched by identity)")
 
 
 @dataclass
