@@ -178,7 +178,14 @@ def _run_batch(jobs: list[dict], parallel: int) -> list[dict]:
             sys.stdout.flush()
             pid = os.fork()
             if pid == 0:
-                _child(jobs[i])
+                try:
+                    _child(jobs[i])  # ends with os._exit
+                except BaseException:  # before the script started (e.g. a cwd that is not there)
+                    import traceback
+
+                    traceback.print_exc()
+                finally:
+                    os._exit(120)  # never back into the helper's loop
             alive[pid] = (i, time.monotonic() + float(jobs[i]["timeout"]))
         pid, status = os.waitpid(-1, os.WNOHANG)
         if pid == 0:

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_script
 
 from waveglow.inference.jobs import slow_synthesis_warning
 from waveglow.runtime import (
@@ -115,7 +115,7 @@ def test_training_warning_fires_once_at_the_second_line(caplog):
 def test_start_lines_show_threads(tmp_path: Path):
     # The thread line comes before any work, so a run that then fails on its input still shows it.
     args = [f"checkpoint={tmp_path / 'none.pt'}", f"input={tmp_path}", f"output_dir={tmp_path / 'out'}"]
-    proc = run_cli("waveglow-synthesize", *args, check=False)
+    proc = run_script("waveglow-synthesize", *args, check=False)
     first = proc.stderr.splitlines()[0]
     assert first.startswith("waveglow-synthesize: ") and "(threads=null: " in first and "busy at start)" in first
     assert proc.returncode == 2 and proc.stderr.splitlines()[-1].startswith("error: ")
@@ -123,7 +123,7 @@ def test_start_lines_show_threads(tmp_path: Path):
 
 def test_training_start_line_shows_threads(tmp_path: Path, corpus_copy):
     root = corpus_copy(6)
-    train = run_cli("waveglow-train", "data=demo", f"data.root={root}", "model=tiny", "data.segment_length=4096",
+    train = run_script("waveglow-train", "data=demo", f"data.root={root}", "model=tiny", "data.segment_length=4096",
                     "train.batch_size=1", "train.max_steps=1", "train.val_max_clips=1", "train.audio_every=0",
                     "train.val_segment_length=4096", "train.device=cpu", "train.threads=1",
                     f"run_dir={tmp_path / 'run'}", timeout=240)

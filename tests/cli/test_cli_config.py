@@ -8,7 +8,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from conftest import compose, run_cli, run_script
+from conftest import compose, run_script
 
 from waveglow import __version__
 from waveglow import config as C
@@ -122,9 +122,7 @@ SCRIPTS = ["waveglow-mel", "waveglow-preprocess", "waveglow-train", "waveglow-sy
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_help_is_the_scripts_own(script: str, tmp_path: Path) -> None:
-    # The installed console script itself (its wrapper, its imports): the other tests here run
-    # the same entry points forked from a process that imported them once (`run_script`).
-    proc = run_cli(script, "--help", cwd=tmp_path)
+    proc = run_script(script, "--help", cwd=tmp_path)
     text = proc.stdout
     assert text.startswith(f"{script} (waveglow {__version__})")
     assert f"usage: {script} " in text and "examples:" in text

@@ -37,7 +37,7 @@ def test_filelist_input_with_stereo_flac_at_another_rate(demo_root: Path, tmp_pa
     filelist.parent.mkdir()
     # Tacotron 2 style: `path|text`; relative entries resolve against the list's folder
     filelist.write_text(f"# comment\n{wavs[1]}|some text\n\n../stereo.flac\n")
-    run_cli("waveglow-mel", f"input={filelist}", f"output_dir={tmp_path / 'out'}", "format=npy")
+    run_script("waveglow-mel", f"input={filelist}", f"output_dir={tmp_path / 'out'}", "format=npy")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
         [f"{wavs[1].stem}.npy", "stereo.npy", "mel.config.yaml"])
     stereo = np.load(tmp_path / "out" / "stereo.npy")

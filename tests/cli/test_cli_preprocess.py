@@ -73,11 +73,11 @@ def test_other_rates_preprocess_train_and_synthesize(preset: str, rate: int, hop
     """
     root = corpus_copy(5, f"c{preset}")
     if own_steps:
-        proc = run_cli("waveglow-preprocess", f"audio={preset}", "data=demo", f"data.root={root}",
+        proc = run_script("waveglow-preprocess", f"audio={preset}", "data=demo", f"data.root={root}",
                        "data.num_workers=1")
         assert f"22.05 kHz audio is resampled to {rate / 1000:g} kHz" in proc.stderr
     run = tmp_path / "run"
-    run_cli("waveglow-train", f"audio={preset}", "data=demo", f"data.root={root}", "model=tiny", "train=demo",
+    run_script("waveglow-train", f"audio={preset}", "data=demo", f"data.root={root}", "model=tiny", "train=demo",
             "train.max_steps=2", "train.batch_size=2", "data.segment_length=4096", "train.val_max_clips=1",
             "train.audio_every=0", "train.threads=1", f"run_dir={run}")
     assert json.loads((root / "cache" / "features.json").read_text())["sampling_rate"] == rate
@@ -86,12 +86,12 @@ def test_other_rates_preprocess_train_and_synthesize(preset: str, rate: int, hop
     wav = sorted((root / "wavs").glob("*.wav"))[0]
     mels = tmp_path / "mels"
     if own_steps:
-        run_cli("waveglow-mel", f"audio={preset}", f"input={wav}", f"output_dir={mels}")
+        run_script("waveglow-mel", f"audio={preset}", f"input={wav}", f"output_dir={mels}")
     else:
         mels.mkdir()
         (mels / f"{wav.stem}.pt").write_bytes((root / "cache" / "mels" / f"{wav.stem}.pt").read_bytes())
     mel = torch.load(mels / f"{wav.stem}.pt", weights_only=True)
     assert mel.shape == (80, 1 + math.ceil(sf.info(wav).frames * rate / 22050) // hop)
-    run_cli("waveglow-synthesize", f"checkpoint={ckpt}", f"input={mels}", f"output_dir={tmp_path / 'out'}")
+    run_script("waveglow-synthesize", f"checkpoint={ckpt}", f"input={mels}", f"output_dir={tmp_path / 'out'}")
     info = sf.info(tmp_path / "out" / f"{wav.stem}.wav")
     assert info.samplerate == rate and info.frames == hop * mel.shape[1]

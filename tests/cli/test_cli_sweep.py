@@ -152,7 +152,7 @@ def test_a_sweep_runs_every_job_in_its_own_run_dir_a_failed_job_does_not_stop_th
     is valid, a folder that is not there), job 1 trains; the summary reports both."""
     (tmp_path / "corpus").symlink_to(corpus)
     sweep_dir = tmp_path / "sweeps" / "s1"
-    proc = run_cli("waveglow-train", "-m", "data=demo", "data.root=no/corpus,corpus", *tiny("train.max_steps=1"),
+    proc = run_script("waveglow-train", "-m", "data=demo", "data.root=no/corpus,corpus", *tiny("train.max_steps=1"),
                    "hydra.sweep.dir=sweeps/s1", check=False, cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -234,9 +234,9 @@ def test_a_synthesis_sweep_writes_one_output_folder_per_job(tmp_path: Path, demo
     save_checkpoint(ckpt, {"format_version": FORMAT_VERSION, "model": model.state_dict(), "config": cfg,
                            "step": 0, "epoch": 0})
     wav = demo_root / "wavs" / "DEMO001-0001.wav"
-    run_cli("waveglow-mel", f"input={wav}", f"output_dir={tmp_path / 'mels'}", cwd=tmp_path)
+    run_script("waveglow-mel", f"input={wav}", f"output_dir={tmp_path / 'mels'}", cwd=tmp_path)
     out = tmp_path / "out"
-    proc = run_cli("waveglow-synthesize", "-m", f"checkpoint={ckpt}", f"input={tmp_path / 'mels'}",
+    proc = run_script("waveglow-synthesize", "-m", f"checkpoint={ckpt}", f"input={tmp_path / 'mels'}",
                    f"output_dir={out}", "sigma=0,0.8", "progress=false", "device=cpu", cwd=tmp_path)
     rows, _ = summary(out)  # the sweep folder is output_dir
     assert [(r["overrides"], r["status"], r["run_dir"]) for r in rows] == [

@@ -35,7 +35,7 @@ def workdir(tmp_path_factory, demo_root):
     wavs.mkdir()
     for clip in CLIPS:
         shutil.copy(demo_root / "wavs" / f"{clip}.wav", wavs / f"{clip}.wav")
-    run_cli("waveglow-mel", f"input={wavs}", f"output_dir={root / 'mels'}", env=ONE_THREAD)
+    run_script("waveglow-mel", f"input={wavs}", f"output_dir={root / 'mels'}", env=ONE_THREAD)
     return root, ckpt
 
 
@@ -135,7 +135,7 @@ def test_input_convention_log10_and_quiet_logs(workdir, tmp_path):
     d.mkdir()
     torch.save(mel / torch.log(torch.tensor(10.0)), d / f"{clip}.pt")
     out = tmp_path / "out"
-    proc = run_cli("waveglow-synthesize", f"checkpoint={ckpt}", f"input={d}", f"output_dir={out}",
+    proc = run_script("waveglow-synthesize", f"checkpoint={ckpt}", f"input={d}", f"output_dir={out}",
                    "input_convention=log10", "format=FLOAT", "seed=3", env=ONE_THREAD)
     assert "\r" not in proc.stderr and "looks like" not in proc.stderr, proc.stderr
     assert "synthesized 1 file," in proc.stdout and "1 files" not in proc.stdout

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import run_cli
+from conftest import run_script
 from data_helpers import SR, make_cfg
 
 import waveglow.data.clipwork as clipwork
@@ -162,7 +162,7 @@ def test_train_notices_a_deleted_paired_mel(cached, tmp_path: Path) -> None:
     cfg, root, mel_dir, ids, _ = cached
     gone = ids[4]
     (mel_dir / f"{gone}.pt").unlink()
-    proc = run_cli("waveglow-train", "data=demo", f"data.root={root}", f"data.mel_dir={mel_dir}", "data.num_workers=1",
+    proc = run_script("waveglow-train", "data=demo", f"data.root={root}", f"data.mel_dir={mel_dir}", "data.num_workers=1",
                    "model=tiny", "data.segment_length=4096", "train.batch_size=2", "train.max_steps=1",
                    "train.val_segment_length=4096", "train.val_max_clips=1", "train.audio_every=0",
                    "train.logdet_every=0", "train.threads=1", "train.device=cpu", f"run_dir={tmp_path / 'run'}",

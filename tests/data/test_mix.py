@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import compose, run_cli, run_script
+from conftest import compose, run_script
 from speaker_corpora import make_libritts, make_vctk
 
 from waveglow.data import discover_corpus, ensure_splits, preprocess_corpus
@@ -114,7 +114,7 @@ def test_three_training_steps_on_a_mix_report_unseen_speakers(tmp_path):
     demo = "data/demo"  # the committed demo corpus, relative to the working directory (only read)
     vctk = make_vctk(tmp_path / "VCTK-Corpus-0.92", clips_per_speaker=3, seconds=0.5)
     run = tmp_path / "run"
-    proc = run_cli("waveglow-train", "data=mix", f"data.root={tmp_path / 'mix'}", *small_splits(1),
+    proc = run_script("waveglow-train", "data=mix", f"data.root={tmp_path / 'mix'}", *small_splits(1),
                    corpora(("demo", demo, 1, ""), ("vctk", vctk, 2, "")), "data.balance=speaker",
                    "model=tiny", "model.upsample_kernel=256", "data.segment_length=4096", "train.batch_size=2",
                    "train.log_every=1", "train.audio_every=0", "train.logdet_every=0", "train.val_every=3",

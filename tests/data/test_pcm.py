@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import run_cli
+from conftest import run_script
 from synth_helpers import active_model, random_mel
 
 from waveglow.checkpoint import build_checkpoint, save_checkpoint
@@ -118,7 +118,7 @@ def test_identity_convert_is_identical_at_pcm16(checkpoint: Path, demo_root: Pat
     rounding (far below half a step), so every PCM_16 sample comes back as it was. Truncating
     writers give ~40% of the samples 1 LSB low."""
     src = demo_root / "wavs" / "DEMO001-0002.wav"
-    run_cli("waveglow-convert", f"checkpoint={checkpoint}", f"input={src}", f"output_dir={tmp_path}",
+    run_script("waveglow-convert", f"checkpoint={checkpoint}", f"input={src}", f"output_dir={tmp_path}",
             "device=cpu", "format=PCM_16")
     a, b = sf.read(src, dtype="int16")[0], sf.read(tmp_path / src.name, dtype="int16")[0]
     assert sf.info(str(tmp_path / src.name)).subtype == "PCM_16"
@@ -133,7 +133,7 @@ def test_synthesize_writes_its_audio_rounded(checkpoint: Path, tmp_path: Path) -
     torch.save(mel, tmp_path / "m.pt")
     out = {}
     for fmt in ("FLOAT", "PCM_16"):
-        run_cli("waveglow-synthesize", f"checkpoint={checkpoint}", f"input={tmp_path / 'm.pt'}",
+        run_script("waveglow-synthesize", f"checkpoint={checkpoint}", f"input={tmp_path / 'm.pt'}",
                 f"output_dir={tmp_path / fmt}", "device=cpu", "sigma=0.6", "seed=7", f"format={fmt}")
         out[fmt] = tmp_path / fmt / "m.wav"
         assert sf.info(str(out[fmt])).subtype == fmt
@@ -159,7 +159,7 @@ def test_enhance_keeps_float_samples_beyond_full_scale(checkpoint: Path, tmp_pat
     sf.write(src, audio, sr, subtype="FLOAT")
     out = tmp_path / "out"
     # A high threshold: only the burst stands out (the tone is what the rest of the file is).
-    run_cli("waveglow-enhance", f"checkpoint={checkpoint}", f"input={src}", f"output_dir={out}", "device=cpu",
+    run_script("waveglow-enhance", f"checkpoint={checkpoint}", f"input={src}", f"output_dir={out}", "device=cpu",
             "threshold=30", "report=report.json")
     doc = json.loads((out / "report.json").read_text())
     regions = [r for f in doc["files"] for r in f["regions"]]

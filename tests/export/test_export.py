@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import logging
 import math
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import DEMO_ROOT, model_config, run_cli
+from cli_forks import Job, run_forked
+from conftest import DEMO_ROOT, model_config, run_cli, run_script
 from nvidia_reference import build_reference, save_reference
 
 from waveglow.bench.cases import Case, _random_mel, resolve_model
@@ -173,14 +173,12 @@ def test_bad_inputs_exit_2_and_write_nothing(tmp_path, tiny_checkpoint, capsys):
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where a folder should be")
     before = sorted(p.name for p in tmp_path.iterdir())
-    # The real console script: exit status 2 and one line.
+    # The script's entry point in a process of its own: exit status 2 and one line.
     scripted = {
         "missing": ([f"checkpoint={tmp_path / 'nope.pt'}", f"output={tmp_path / 'a.onnx'}"], "checkpoint not found"),
         "invalid": ([f"checkpoint={not_ckpt}", f"output={tmp_path / 'b.onnx'}"], "notes.pt"),
     }
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        procs = dict(zip(scripted, pool.map(lambda args: run_cli("waveglow-export", *args, check=False),
-                                            [a for a, _ in scripted.values()])))
+    procs = dict(zip(scripted, run_forked([Job("waveglow-export", a) for a, _ in scripted.values()], parallel=2)))
     for name, proc in procs.items():
         assert proc.returncode == 2, (name, proc.stderr)
         assert_one_error_line(proc.stderr, scripted[name][1])
@@ -231,7 +229,7 @@ def test_int8_export_is_quantized_and_close_to_fp32(tmp_path, tiny_checkpoint, d
     for i, mel in enumerate(demo_mels[1:]):
         save_mel(calib / f"clip{i}.pt", mel[:, :40])
     out = tmp_path / "tiny-int8.onnx"
-    proc = run_cli("waveglow-export", f"checkpoint={tiny_checkpoint}", f"output={out}",
+    proc = run_script("waveglow-export", f"checkpoint={tiny_checkpoint}", f"output={out}",
                    "quantize=int8", f"calibration={calib}")
     # Two mels: one calibrates, the other (not seen by the calibration) measures the fidelity.
     assert "int8, calibrated on 1 mel of" in proc.stdout and "dB on 1 held-out mel" in proc.stdout, proc.stdout
@@ -302,7 +300,7 @@ def test_export_settings_are_checked_before_any_work(tmp_path, tiny_checkpoint, 
     ckpt, out = f"checkpoint={tiny_checkpoint}", f"output={tmp_path / 'model.onnx'}"
     before = sorted(p.name for p in tmp_path.iterdir())
     # The real console script: exit status 2, one line, nothing traced.
-    proc = run_cli("waveglow-export", ckpt, out, "quantize=int8", check=False, cwd=tmp_path)
+    proc = run_script("waveglow-export", ckpt, out, "quantize=int8", check=False, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert_one_error_line(proc.stderr, "calibration=null: the demo corpus")
     assert "tracing" not in proc.stderr
@@ -332,7 +330,7 @@ def test_export_settings_are_checked_before_any_work(tmp_path, tiny_checkpoint, 
 @pytest.mark.slow  # torch.export traces for about 20 s even for the tiny model
 def test_pt2_export_matches_eager(tmp_path, tiny_checkpoint, demo_mels, single_thread):
     out = tmp_path / "tiny.pt2"
-    run_cli("waveglow-export", f"checkpoint={tiny_checkpoint}", f"output={out}", "format=pt2")
+    run_script("waveglow-export", f"checkpoint={tiny_checkpoint}", f"output={out}", "format=pt2")
     program = torch.export.load(out).module()
     model = load_model(tiny_checkpoint)
     for mel, z in ((batch_of(demo_mels, 45), latent(3, 45, seed=8)),

@@ -9,7 +9,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import compose, copy_demo_corpus, run_cli
+from conftest import compose, copy_demo_corpus, run_script
 from test_crash_safety import Run
 
 from waveglow.data import load_stats
@@ -45,7 +45,7 @@ def test_a_second_run_on_the_same_run_dir_is_refused_and_a_killed_run_leaves_no_
     args = overrides(corpus, run_dir, "train.max_steps=100000")
     first = Run(args)
     assert first.wait_for(r"^step 3/") is not None, first.output
-    second = run_cli("waveglow-train", *args, check=False, timeout=120)
+    second = run_script("waveglow-train", *args, check=False, timeout=120)
     # Refused at once, with the run directory and the process holding it; nothing written.
     assert second.returncode == 2, second.stderr
     errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]

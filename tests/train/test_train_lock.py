@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose, copy_demo_corpus, run_cli
+from conftest import compose, copy_demo_corpus, run_cli, run_script
 from test_crash_safety import Run
 
 from waveglow.data import load_stats
@@ -135,7 +135,7 @@ def test_a_run_dir_whose_lock_file_cannot_be_opened_is_one_line(corpus, tmp_path
     with pytest.raises(UserError, match=rf"^run_dir={blocker / 'run'}: cannot create the run directory"):
         acquire_now(blocker / "run")
 
-    proc = run_cli("waveglow-train", *overrides(corpus, taken, "train.max_steps=1"), check=False, timeout=120)
+    proc = run_script("waveglow-train", *overrides(corpus, taken, "train.max_steps=1"), check=False, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
