@@ -2,13 +2,15 @@
 """Measure `waveglow-enhance` repairs on held-out clips with injected defects.
 
     .venv/bin/python scripts/measure_repair.py checkpoint=<ckpt> [corpus=data/demo] [threads=1]
-        [threshold=5] [click_threshold=30] [sigma=1] [level=rms] [fill=envelope] [margin_ms=20]
+        [threshold=5] [click_threshold=12] [sigma=1] [level=rms] [fill=envelope] [margin_ms=20]
         [json=<out.json>]
 
 Damages each held-out clip of the corpus with single-sample clicks, 5-sample clicks and 20 ms noise
-bursts, enhances it, and prints per kind the share of defects flagged and, per repaired region,
-level and error against the clean clip (`waveglow.inference.repair_eval`). json= also writes
-every region's figures.
+bursts, enhances it, and prints per kind the share of defects flagged and repaired, then one line
+per repaired defect: its level in dB against its surroundings (and the clean clip's own level
+against the same surroundings), against the clean clip, and the waveform and mel error against
+the clean clip of the damaged input and of the repair (`waveglow.inference.repair_eval`). json=
+also writes every region's figures. Unset settings take `Enhancer`'s defaults (the CLI's).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 from waveglow.errors import UserError
 from waveglow.inference import Synthesizer
 from waveglow.inference.enhance import Enhancer
-from waveglow.inference.repair_eval import measure, summarize
+from waveglow.inference.repair_eval import measure, region_table, summarize
 
 
 def main(argv: list[str]) -> None:
@@ -35,13 +37,13 @@ def main(argv: list[str]) -> None:
               + (f" (unknown: {sorted(unknown)})" if unknown else ""), file=sys.stderr)
         sys.exit(2)
     torch.set_num_threads(int(opts.get("threads", 1)))
-    enhancer = Enhancer(Synthesizer(opts["checkpoint"], device="cpu"), threshold=float(opts.get("threshold", 5)),
-                        click_threshold=float(opts.get("click_threshold", 30)), sigma=float(opts.get("sigma", 1)),
-                        level=opts.get("level", "rms"), fill=opts.get("fill", "envelope"),
-                        margin_ms=float(opts.get("margin_ms", 20)))
+    numbers = {k: float(opts[k]) for k in ("threshold", "click_threshold", "sigma", "margin_ms") if k in opts}
+    words = {k: opts[k] for k in ("level", "fill") if k in opts}
+    enhancer = Enhancer(Synthesizer(opts["checkpoint"], device="cpu"), **numbers, **words)
     doc = measure(enhancer, Path(opts.get("corpus", "data/demo")))
     doc["settings"] = {k: v for k, v in opts.items() if k != "json"}
     print(summarize(doc))
+    print(region_table(doc))
     if "json" in opts:
         Path(opts["json"]).write_text(json.dumps(doc, indent=1))
 

@@ -1,9 +1,11 @@
 """`waveglow-enhance checkpoint=<ckpt> input=<wavs> output_dir=<dir>`: likelihood-guided repair.
 
-Finds the improbable stretches of each recording (the scorer's robust z-score), repairs them
-(latent in-filling under an interpolated mel, crossfaded over margin_ms), rescores, and repeats
-up to max_iters. Writes `<output_dir>/<name>.wav` per input (same rate, length and sample
-format; samples outside the repaired regions and their margins bit-identical) and the report.
+Finds the improbable stretches of each recording (the scorer's robust z-score per frame, and a
+local z-score of 8-sample windows for clicks), locates the damaged samples inside each with an
+AR model, repairs them (clicks: AR interpolation; bursts: excess spectrum removed), undoes any
+repair that does not raise the model's likelihood, rescores, and repeats up to max_iters.
+Writes `<output_dir>/<name>.wav` per input (same rate, length and sample format; samples
+outside the repaired regions and their crossfades bit-identical) and the report.
 
 Exit status: 0 on success (with on_error=skip: at least one file enhanced); 2 on a user error,
 with nothing written.
@@ -23,14 +25,17 @@ log = logging.getLogger("waveglow.enhance")
 SCRIPT = Script(
     name="waveglow-enhance", config="waveglow_enhance",
     summary="Repair damaged stretches of recordings where the model's exact likelihood says they are improbable: "
-            "clicks (found on 8-sample windows) and noise bursts (found per mel frame); dropouts to digital silence "
-            "are not found. Score -> flag -> repair -> rescore, up to max_iters. Measured on injected defects "
-            "(scripts/measure_repair.py, docs/enhance_convert.md): with make demo's recipe at 400 steps, 17/24 "
-            "single-sample clicks, 24/24 5-sample clicks and 15/16 20 ms bursts flagged, no false positive on 8 "
-            "clean held-out clips. Writes "
+            "clicks (found on 8-sample windows, the damaged samples located by an AR model and interpolated) and "
+            "noise bursts (found per mel frame; the excess spectrum removed); dropouts to digital silence are not "
+            "found. A repair that does not raise the likelihood is undone. Measured on 8 held-out demo clips with "
+            "injected defects (scripts/measure_repair.py, docs/enhance_convert.md), with make demo's recipe "
+            "stopped at 400 steps: 22/24 single-sample clicks, 24/24 5-sample clicks and 16/16 20 ms "
+            "bursts flagged (21, 23 and 15 repaired); every repaired click within 0.1 dB of the clean level with "
+            "lower waveform and mel error; bursts: mel error lower in 16/16 repaired regions, waveform error in "
+            "14/16, level within 1 dB of the clean clip in 10/16; no false positive on the 8 clean clips. Writes "
             "<output_dir>/<stem>.wav per input with the input's rate, length and sample format (everything "
-            "outside the repaired regions and their crossfade margins bit-identical; files with nothing "
-            "flagged copied unchanged) and a report with a row per repaired region.",
+            "outside the repaired regions and their crossfades bit-identical; files with nothing repaired copied "
+            "unchanged) and a report with a row per repaired region.",
     usage="checkpoint=<ckpt> input=<wav | folder | glob | filelist> output_dir=<dir>",
     examples=("waveglow-enhance checkpoint=run/checkpoints/best.pt input=recordings/ output_dir=repaired",
               "waveglow-enhance checkpoint=ckpt.pt input=take1.wav output_dir=out dry_run=true report=regions.json"),

@@ -69,3 +69,124 @@ def click_spans(ll: Tensor, threshold: float, pad: int, merge: int, window: int 
         else:
             spans.append([a, b])
     return [(a, b) for a, b in spans]
+
+
+# ---------------------------------------------------------------------------- the click's samples
+# Autoregressive (linear-prediction) model of the speech next to a click span: its order, the
+# samples on each side it is fitted on, and the residual (in residual stds, forward and backward
+# both) above which a sample counts as damaged.
+AR_ORDER = 24
+AR_CONTEXT = 384
+OUTLIER_Z = 5.0
+
+
+def ar_fit(segments: list[Tensor], order: int) -> tuple[Tensor, float]:
+    """Least-squares AR coefficients of the samples in `segments` (each [L], float64).
+
+    Returns:
+        (a [order]: x_t ≈ Σ_k a_k x_{t−1−k}, the residual's std); a zero model when too short.
+    """
+    rows, ys = [], []
+    for s in segments:
+        if s.numel() > order + 1:
+            rows.append(s.unfold(0, order, 1)[:-1].flip(1))  # [L − order, order]: x_{t−1} ... x_{t−order}
+            ys.append(s[order:])
+    if not rows or sum(r.shape[0] for r in rows) < 2 * order:
+        return torch.zeros(order, dtype=torch.float64), 0.0
+    X, y = torch.cat(rows), torch.cat(ys)
+    ridge = 1e-6 * float((X * X).mean()) + 1e-12  # silence around: a well-posed (near-zero) model
+    a = torch.linalg.solve(X.T @ X + ridge * X.shape[0] * torch.eye(order, dtype=X.dtype), X.T @ y)
+    return a, float((y - X @ a).std())
+
+
+def ar_interpolate(x: Tensor, missing: Tensor, a: Tensor) -> Tensor:
+    """Samples `missing` of x [L] (float64) replaced by the least-squares AR interpolation:
+    the values that minimise the AR model's residual energy over every prediction they enter.
+
+    Args:
+        x: float64 [L], the missing samples at least `order` samples from either end.
+        missing: bool [L].
+        a: AR coefficients [order].
+
+    Returns:
+        float64 [L].
+    """
+    p = a.numel()
+    idx = missing.nonzero().flatten()
+    if idx.numel() == 0 or p == 0:
+        return x.clone()
+    lo, hi = int(idx.min()), int(idx.max()) + 1
+    t = torch.arange(lo, min(x.numel(), hi + p))  # predictions a missing sample enters
+    filt = torch.cat([torch.ones(1, dtype=x.dtype), -a])  # e_t = x_t − Σ a_k x_{t−1−k}
+    H = torch.zeros(t.numel(), x.numel(), dtype=x.dtype)
+    for k in range(p + 1):
+        cols = t - k
+        ok = cols >= 0
+        H[ok.nonzero().flatten(), cols[ok]] = filt[k]
+    Hu, Hk = H[:, idx], H[:, ~missing]
+    sol = torch.linalg.lstsq(Hu, -(Hk @ x[~missing])[:, None]).solution[:, 0]
+    out = x.clone()
+    out[idx] = sol
+    return out
+
+
+def ar_residual_z(x: Tensor, a: Tensor, sd: float) -> Tensor:
+    """min(|forward residual|, |backward residual|) / sd per sample of x [L] (0 where a side's
+    prediction runs past an end): a click sample is badly predicted from both sides, a clean
+    sample after (or before) a click only from one."""
+    p = a.numel()
+    L = x.numel()
+    z = torch.zeros(L, dtype=x.dtype)
+    if sd <= 0 or L <= 2 * p:
+        return z
+    past = x.unfold(0, p, 1)[:-1].flip(1)  # rows for t = p .. L-1: x_{t−1} .. x_{t−p}
+    fwd = (x[p:] - past @ a).abs()
+    rev = x.flip(0)
+    bwd = (rev[p:] - rev.unfold(0, p, 1)[:-1].flip(1) @ a).abs().flip(0)  # for t = 0 .. L−p−1
+    z[p: L - p] = torch.minimum(fwd[: L - 2 * p], bwd[p:]) / sd
+    return z
+
+
+def locate_outliers(audio: Tensor, s0: int, s1: int, order: int = AR_ORDER, context: int = AR_CONTEXT,
+                   outlier_z: float = OUTLIER_Z) -> tuple[int, int] | None:
+    """The damaged samples [c0, c1) of a flagged span [s0, s1) of `audio` [T]: the first to the
+    last sample of the span whose forward and backward prediction residuals (an AR model fitted
+    on `context` samples on each side of the span) both exceed `outlier_z` residual stds.
+
+    Returns:
+        (c0, c1), or None when nothing in the span stands out or the span is too near a file
+        edge for the model on both sides.
+    """
+    T = audio.numel()
+    lo, hi = max(0, s0 - context), min(T, s1 + context)
+    x = audio[lo:hi].double()
+    a, sd = ar_fit([x[: s0 - lo], x[s1 - lo:]], order)
+    if sd <= 0:
+        return None
+    z = ar_residual_z(x, a, sd)[s0 - lo: s1 - lo]
+    hits = (z > outlier_z).nonzero().flatten()
+    if hits.numel() == 0:
+        return None
+    c0, c1 = int(hits.min()) + s0, int(hits.max()) + 1 + s0
+    if c0 - lo < order or hi - c1 < order:
+        return None
+    return c0, c1
+
+
+def ar_fill(audio: Tensor, c0: int, c1: int, order: int = AR_ORDER, context: int = AR_CONTEXT) -> Tensor:
+    """Samples [c0, c1) of `audio` [T] replaced by the least-squares AR interpolation from
+    `context` samples on each side (Janssen et al.'s method for short gaps: it keeps the
+    waveform's level and spectrum, and joins both sides without a crossfade).
+
+    Returns:
+        float32 [T] (a copy).
+    """
+    T = audio.numel()
+    lo, hi = max(0, c0 - context), min(T, c1 + context)
+    x = audio[lo:hi].double()
+    a, _ = ar_fit([x[: c0 - lo], x[c1 - lo:]], order)
+    missing = torch.zeros(x.numel(), dtype=torch.bool)
+    missing[c0 - lo: c1 - lo] = True
+    out = audio.clone()
+    out[c0:c1] = ar_interpolate(x, missing, a)[c0 - lo: c1 - lo].float()
+    return out

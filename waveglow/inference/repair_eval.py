@@ -3,13 +3,21 @@
 Each clip is damaged in three separate copies, on the int16 grid: three single-sample ±0.9
 clicks (at 25/50/75 % of the clip), three 5-sample ±0.9 clicks (same places), and two 20 ms
 bursts of 0.1-rms white noise (at 30/70 %). Each copy is enhanced (PCM_16), and so is the clean
-clip (false positives). Per kind: the share of defects flagged (a repaired region overlaps the
-defect's samples). Per repaired region that covers a defect: its level (rms of the output over
-the region's span, in dB against the clean clip's rms over the same samples, and against the
-output's rms over 10 ms on each side of the changed samples: the surrounding level), the
-waveform rms error against the clean clip over the changed samples (span + crossfade margins)
-of the output and of the damaged input, and the mel L1 against the clean clip over the frames
-whose window touches a changed sample, of the output and of the damaged input.
+clip (false positives). Per kind: the share of defects flagged (a flagged span overlaps the
+defect's samples, repaired or left as it was) and repaired (a repaired region overlaps it).
+
+Per repaired region that covers a defect:
+
+- *level*: the rms of the output over the changed samples, widened to at least one hop (256
+  samples: a click's repair changes 1-5 samples, which have no level of their own), in dB
+  against the output's rms over 10 ms on each side of that stretch (`level_vs_surrounding_db`)
+  and against the clean clip over the same samples (`level_vs_clean_db`); the clean clip's own
+  level against its surroundings over the same stretches (`clean_vs_surrounding_db`) says how
+  far the speech itself departs from its surroundings there;
+- *waveform error*: rms of output − clean over the changed samples (span + crossfade), next to
+  that of damaged − clean;
+- *mel error*: L1 of the log-mel against the clean clip's over the frames whose window touches a
+  changed sample, of the output and of the damaged input.
 """
 
 from __future__ import annotations
@@ -54,85 +62,131 @@ def db(a: float, b: float) -> float:
     return 20 * torch.log10(torch.tensor(max(a, 1e-9) / max(b, 1e-9))).item()
 
 
-def regions_of(result, bad: torch.Tensor, sr: int, margin: int) -> list[tuple[int, int, int, int]]:
+def regions_of(result, bad: torch.Tensor) -> list[tuple[int, int, int, int]]:
     """(span start, span end, changed start, changed end) per reported region, in samples: the
-    changed samples are those within `margin` (the crossfade) of the span."""
+    changed samples are those within the region's reach (a burst's crossfade) of the span."""
+    sr = round(result.audio.numel() / result.seconds) if result.seconds else 1
     changed = (result.audio != bad).nonzero().flatten()
     out = []
     for r in result.regions:
         s0, s1 = round(r.start_s * sr), round(r.end_s * sr)
-        near = changed[(changed >= s0 - margin) & (changed < s1 + margin)]
+        near = changed[(changed >= s0 - REACH) & (changed < s1 + REACH)]
         c0, c1 = (int(near.min()), int(near.max()) + 1) if near.numel() else (s0, s1)
         out.append((s0, s1, min(c0, s0), max(c1, s1)))
     return out
+
+
+# Samples around a reported span that count as its repair's (the widest crossfade: margin_ms 20
+# at 22.05 kHz), the shortest stretch a level is measured on, and the surroundings (10 ms).
+REACH = 441
+LEVEL_MIN = 256
+AROUND_S = 0.010
+
+
+def level_stretch(c0: int, c1: int, n: int, min_len: int = LEVEL_MIN) -> tuple[int, int]:
+    """[c0, c1) widened symmetrically to at least `min_len` samples, within [0, n)."""
+    grow = max(0, min_len - (c1 - c0))
+    a = max(0, c0 - grow // 2)
+    b = min(n, max(c1 + grow - grow // 2, a + min_len))
+    return max(0, min(a, b - min_len)), b
 
 
 def measure(enhancer: Enhancer, corpus: Path, clips: list[str] | None = None) -> dict:
     """Damage, enhance and compare every clip of `clips` (default: the corpus's val + test split).
 
     Returns:
-        {"clips", "flagged": {kind: [found, total]}, "regions": [one dict per repaired defect],
-        "false_positives_damaged", "false_positives_clean"}.
+        {"clips", "flagged": {kind: [flagged, total]}, "repaired": {kind: [repaired, total]},
+        "regions": [one dict per repaired defect], "false_positives_damaged",
+        "false_positives_clean" (repaired regions covering no defect), "left_clean" (flagged
+        spans of the clean clips left as they were)}.
     """
     sr, hop = enhancer.synth.sampling_rate, enhancer.synth.hop_length
     mel_fn = enhancer.mel_fn
     ids = clips or [i for s in ("val", "test") for i in (corpus / "splits" / f"{s}.txt").read_text().split()]
-    found = {k: [0, 0] for k in KINDS}
-    rows, false_pos, clean_fp = [], [], []
+    flagged = {k: [0, 0] for k in KINDS}
+    repaired = {k: [0, 0] for k in KINDS}
+    rows, false_pos, clean_fp, clean_left = [], [], [], []
+    ref = int(AROUND_S * sr)
     for clip in ids:
         clean = torch.from_numpy(sf.read(corpus / "wavs" / f"{clip}.wav", dtype="float32")[0])
         res = enhancer.enhance_audio(clean, clip, subtype="PCM_16")
         clean_fp += [(clip, r.start_s, r.end_s) for r in res.regions]
+        clean_left += [(clip, a, b) for a, b in res.left]
         for kind in KINDS:
             bad, defects = damage(clean, kind, sr)
             res = enhancer.enhance_audio(bad, f"{clip}:{kind}", subtype="PCM_16")
-            regions = regions_of(res, bad, sr, enhancer.margin)
-            found[kind][1] += len(defects)
-            found[kind][0] += sum(any(s0 < b and a < s1 for s0, s1, _, _ in regions) for a, b in defects)
+            regions = regions_of(res, bad)
+            spans = [(s0, s1) for s0, s1, _, _ in regions] + [(round(a * sr), round(b * sr)) for a, b in res.left]
+            for tally, have in ((repaired, [(s0, s1) for s0, s1, _, _ in regions]), (flagged, spans)):
+                tally[kind][1] += len(defects)
+                tally[kind][0] += sum(any(s0 < b and a < s1 for s0, s1 in have) for a, b in defects)
             m_clean, m_bad, m_out = mel_fn(clean), mel_fn(bad), mel_fn(res.audio)
             for s0, s1, c0, c1 in regions:
                 if not any(s0 < b and a < s1 for a, b in defects):
                     false_pos.append((clip, kind, s0 / sr, s1 / sr))
                     continue
-                ref = int(0.010 * sr)
-                around = torch.cat([res.audio[max(0, c0 - ref): c0], res.audio[c1: c1 + ref]])
+                l0, l1 = level_stretch(c0, c1, clean.numel())
+                around = lambda x, l0=l0, l1=l1: torch.cat([x[max(0, l0 - ref): l0], x[l1: l1 + ref]])  # noqa: E731
                 f0, f1 = max(0, (c0 - 512) // hop), min(m_clean.shape[1], (c1 + 512) // hop + 1)
                 rows.append({
                     "clip": clip, "kind": kind, "start_s": round(s0 / sr, 4), "end_s": round(s1 / sr, 4),
                     "changed_samples": c1 - c0,
-                    "level_vs_clean_db": round(db(rms(res.audio[s0:s1]), rms(clean[s0:s1])), 2),
-                    "level_vs_surrounding_db": round(db(rms(res.audio[s0:s1]), rms(around)), 2),
+                    "level_vs_surrounding_db": round(db(rms(res.audio[l0:l1]), rms(around(res.audio))), 2),
+                    "clean_vs_surrounding_db": round(db(rms(clean[l0:l1]), rms(around(clean))), 2),
+                    "level_vs_clean_db": round(db(rms(res.audio[l0:l1]), rms(clean[l0:l1])), 2),
                     "wave_err_out": rms(res.audio[c0:c1] - clean[c0:c1]),
                     "wave_err_damaged": rms(bad[c0:c1] - clean[c0:c1]),
                     "mel_l1_out": float((m_out - m_clean)[:, f0:f1].abs().mean()),
                     "mel_l1_damaged": float((m_bad - m_clean)[:, f0:f1].abs().mean()),
                 })
-    return {"clips": ids, "flagged": found, "regions": rows, "false_positives_damaged": false_pos,
-            "false_positives_clean": clean_fp}
+    return {"clips": ids, "flagged": flagged, "repaired": repaired, "regions": rows,
+            "false_positives_damaged": false_pos, "false_positives_clean": clean_fp, "left_clean": clean_left}
+
+
+def within(rows: list[dict], key: str, db_limit: float = 1.0) -> int:
+    """How many rows have |row[key]| <= db_limit."""
+    return sum(abs(r[key]) <= db_limit for r in rows)
 
 
 def summarize(doc: dict) -> str:
     """One line per kind and one for false positives."""
     lines = []
     for kind, (hit, total) in doc["flagged"].items():
+        fixed = doc["repaired"][kind][0]
         rs = [r for r in doc["regions"] if r["kind"] == kind]
+        head = f"{kind:10s} flagged {hit}/{total}, repaired {fixed}/{total}"
         if not rs:
-            lines.append(f"{kind:10s} flagged {hit}/{total}; no region repaired")
+            lines.append(f"{head}; no region repaired")
             continue
-        lv = [r["level_vs_clean_db"] for r in rs]
         ls = [r["level_vs_surrounding_db"] for r in rs]
+        lc = [r["level_vs_clean_db"] for r in rs]
         we = sum(r["wave_err_out"] < r["wave_err_damaged"] for r in rs)
         me = sum(r["mel_l1_out"] < r["mel_l1_damaged"] for r in rs)
         mean = lambda k, rs=rs: sum(r[k] for r in rs) / len(rs)  # noqa: E731
         lines.append(
-            f"{kind:10s} flagged {hit}/{total}; {len(rs)} regions: level vs clean {sum(lv) / len(lv):+.2f} dB "
-            f"(min {min(lv):+.2f}, max {max(lv):+.2f}), vs surrounding {sum(ls) / len(ls):+.2f} dB "
-            f"(min {min(ls):+.2f}, max {max(ls):+.2f}); waveform rms error {mean('wave_err_damaged'):.4f} -> "
+            f"{head}; {len(rs)} regions: level vs surrounding {mean('level_vs_surrounding_db'):+.2f} dB "
+            f"(min {min(ls):+.2f}, max {max(ls):+.2f}; within ±1 dB {within(rs, 'level_vs_surrounding_db')}/{len(rs)}, "
+            f"the clean clip's own {within(rs, 'clean_vs_surrounding_db')}/{len(rs)}), vs clean "
+            f"{mean('level_vs_clean_db'):+.2f} dB (min {min(lc):+.2f}, max {max(lc):+.2f}; within ±1 dB "
+            f"{within(rs, 'level_vs_clean_db')}/{len(rs)}); waveform rms error {mean('wave_err_damaged'):.4f} -> "
             f"{mean('wave_err_out'):.4f} (lower in {we}/{len(rs)}); mel L1 {mean('mel_l1_damaged'):.3f} -> "
             f"{mean('mel_l1_out'):.3f} (lower in {me}/{len(rs)})")
     lines.append(f"false positives: {len(doc['false_positives_damaged'])} regions on the damaged copies, "
                  f"{len(doc['false_positives_clean'])} on the {len(doc['clips'])} clean clips "
-                 f"{sorted({c for c, *_ in doc['false_positives_clean']})}")
+                 f"{sorted({c for c, *_ in doc['false_positives_clean']})}; flagged and left as they were on the "
+                 f"clean clips: {len(doc['left_clean'])}")
     return "\n".join(lines)
 
 
+def region_table(doc: dict) -> str:
+    """One line per repaired defect: level (dB vs surrounding, the clean clip's own, vs clean),
+    waveform and mel error of the damage and of the repair."""
+    head = (f"{'clip':14s} {'kind':9s} {'start_s':>8s} {'samples':>7s} {'lvl/sur':>8s} {'clean/sur':>9s} "
+            f"{'lvl/clean':>9s} {'wave dmg':>9s} {'wave out':>9s} {'mel dmg':>8s} {'mel out':>8s}")
+    lines = [head]
+    for r in doc["regions"]:
+        lines.append(f"{r['clip']:14s} {r['kind']:9s} {r['start_s']:8.4f} {r['changed_samples']:7d} "
+                     f"{r['level_vs_surrounding_db']:+8.2f} {r['clean_vs_surrounding_db']:+9.2f} "
+                     f"{r['level_vs_clean_db']:+9.2f} {r['wave_err_damaged']:9.4f} {r['wave_err_out']:9.4f} "
+                     f"{r['mel_l1_damaged']:8.3f} {r['mel_l1_out']:8.3f}")
+    return "\n".join(lines)
