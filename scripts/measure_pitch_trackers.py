@@ -4,11 +4,13 @@
     .venv/bin/pip install torchcrepe && .venv/bin/pip uninstall -y torchaudio   # see below
     .venv/bin/python scripts/measure_pitch_trackers.py [trackers=pyin,crepe-tiny,crepe-full]
         [clips=12] [checkpoint=checkpoints/demo-tiny/checkpoints/best.pt] [corpus=data/demo]
-        [snrs=inf,30,20,10,0] [contours=vibrato-120,vibrato-220,glide-up,glide-down] [json=out.json]
+        [snrs=inf,30,20,10,0] [contours=vibrato-120,vibrato-220,glide-up,glide-down] [crepe_threshold=0.21]
+        [json=out.json]
 
-`contours=` (empty: no synthetic signals) and `clips=0` (no corpus clips) select parts; `checkpoint=`
-(empty) leaves out Griffin-Lim and the model. Every tracker sees the signal as the evaluation does (resampled to 16 kHz, 10 ms hop, 50-550 Hz)
-and runs on one thread. Three measurements:
+`contours=` (empty: no synthetic signals) and `clips=0` (no corpus clips) select parts; an empty
+`checkpoint=` leaves out Griffin-Lim and the model. Every tracker sees the signal as the
+evaluation does (resampled to 16 kHz, 10 ms hop, 50-550 Hz) and runs on one thread. Three
+measurements:
 
 1. Synthetic harmonic signals with a known F0 (vibrato, rising and falling glides) and known
    unvoiced parts (a noise burst, silence), with white noise at several SNRs: the F0 error in
@@ -23,7 +25,7 @@ and runs on one thread. Three measurements:
 Trackers: `pyin` is `waveglow.eval.pitch.track`; `crepe-tiny` / `crepe-full` are torchcrepe's
 two models with its default Viterbi decoder (a 20-cent bin grid) and its documented voicing
 recipe (periodicity median-filtered over 3 frames, zeroed below -60 dB A-weighted loudness,
-voiced at >= 0.21).
+voiced at >= 0.21; `crepe_threshold=` changes the last).
 
 torchcrepe's package `__init__` imports torchaudio for its file loader (`torchcrepe.load`), which
 is not used here. PyPI's torchaudio (2.11.1 at the time of writing) is a CUDA build for an older
@@ -71,7 +73,7 @@ def _torchcrepe() -> types.ModuleType:
     return torchcrepe
 
 
-def crepe_tracker(model: str) -> Callable[[np.ndarray, int], Pitch]:
+def crepe_tracker(model: str, threshold: float = CREPE_THRESHOLD) -> Callable[[np.ndarray, int], Pitch]:
     """torchcrepe as a `Pitch` tracker (same frames as `waveglow.eval.pitch.track`)."""
     tc = _torchcrepe()
 
@@ -82,20 +84,20 @@ def crepe_tracker(model: str) -> Callable[[np.ndarray, int], Pitch]:
                                          batch_size=256, device="cpu", pad=True)
             periodicity = tc.filter.median(periodicity, 3)
             periodicity = tc.threshold.Silence(-60.0)(periodicity, x, sampling_rate, HOP)
-        voiced = periodicity[0].numpy() >= CREPE_THRESHOLD
+        voiced = periodicity[0].numpy() >= threshold
         f0 = f0[0].numpy().astype(np.float64)
         return Pitch(np.where(voiced, f0, np.nan), voiced)
 
     return run
 
 
-def trackers(names: list[str]) -> dict[str, Callable[[np.ndarray, int], Pitch]]:
+def trackers(names: list[str], threshold: float) -> dict[str, Callable[[np.ndarray, int], Pitch]]:
     out: dict[str, Callable[[np.ndarray, int], Pitch]] = {}
     for n in names:
         if n == "pyin":
             out[n] = track
         elif n in ("crepe-tiny", "crepe-full"):
-            out[n] = crepe_tracker(n.split("-")[1])
+            out[n] = crepe_tracker(n.split("-")[1], threshold)
         else:
             raise SystemExit(f"error: trackers: unknown tracker {n!r} (pyin, crepe-tiny, crepe-full)")
     return out
@@ -301,7 +303,7 @@ def measure_corpus(tr: dict[str, Callable], clips: list[Path], checkpoint: str |
 
 def main(argv: list[str]) -> None:
     opts = dict(a.split("=", 1) for a in argv)
-    known = {"trackers", "clips", "checkpoint", "corpus", "snrs", "contours", "json"}
+    known = {"trackers", "clips", "checkpoint", "corpus", "snrs", "contours", "crepe_threshold", "json"}
     if set(opts) - known:
         print(f"error: unknown options {sorted(set(opts) - known)} (known: {sorted(known)})", file=sys.stderr)
         sys.exit(2)
@@ -314,7 +316,7 @@ def main(argv: list[str]) -> None:
         sys.exit(2)
     checkpoint = opts.get("checkpoint", "checkpoints/demo-tiny/checkpoints/best.pt") or None
     clips = corpus_clips(Path(opts.get("corpus", "data/demo")), int(opts.get("clips", 12)))
-    tr = trackers(names)
+    tr = trackers(names, float(opts.get("crepe_threshold", CREPE_THRESHOLD)))
     for fn in tr.values():  # warm-up: model loading and first-call compilation are not timed
         fn(np.zeros(SR // 2, np.float32) + 0.01 * np.sin(np.arange(SR // 2) / 10).astype(np.float32), SR)
     timer = Timer()
