@@ -159,7 +159,8 @@ class EnhanceApp(InferenceSettings):
     output_dir: str = setting(MISSING, "gets <stem>.wav per input (same rate, length and subtype) and the report")
     threshold: float = setting(5.0, "a frame is suspect when its robust z-score is below -threshold (measured: no "
                                "region on the 8 held-out demo clips with the tests' 150-step and make demo's "
-                               "400-step tiny models; docs/enhance_convert.md)", gt=0)
+                               "400-step tiny models, 2 with that recipe at 1000 steps; docs/enhance_convert.md)",
+                               gt=0)
     merge_gap: int = setting(2, "suspect frames at most this many frames apart form one region", min=0)
     max_iters: int = setting(3, "score -> repair -> rescore rounds at most", min=1)
     margin_ms: float = setting(20.0, "crossfade around a region in-filled through the flow (fill=latent), ms; a "
