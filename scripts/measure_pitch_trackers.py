@@ -49,6 +49,7 @@ import time  # noqa: E402
 import types  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import NoReturn  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -62,14 +63,21 @@ SHIFT = 50.0  # cents: the known pitch shift of the corpus test
 CREPE_THRESHOLD = 0.21  # torchcrepe's documented periodicity threshold
 
 
+def _fail(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 # ------------------------------------------------------------------------------ trackers
 def _torchcrepe() -> types.ModuleType:
     try:
         import torchaudio  # noqa: F401
     except Exception:  # see the module docstring: only torchcrepe.load needs it
         sys.modules["torchaudio"] = types.ModuleType("torchaudio")
-    import torchcrepe
-
+    try:
+        import torchcrepe
+    except ImportError:
+        _fail("trackers: crepe-* needs torchcrepe (.venv/bin/pip install torchcrepe)")
     return torchcrepe
 
 
@@ -99,7 +107,7 @@ def trackers(names: list[str], threshold: float) -> dict[str, Callable[[np.ndarr
         elif n in ("crepe-tiny", "crepe-full"):
             out[n] = crepe_tracker(n.split("-")[1], threshold)
         else:
-            raise SystemExit(f"error: trackers: unknown tracker {n!r} (pyin, crepe-tiny, crepe-full)")
+            _fail(f"trackers: unknown tracker {n!r} (expected pyin, crepe-tiny or crepe-full)")
     return out
 
 
@@ -305,15 +313,13 @@ def main(argv: list[str]) -> None:
     opts = dict(a.split("=", 1) for a in argv)
     known = {"trackers", "clips", "checkpoint", "corpus", "snrs", "contours", "crepe_threshold", "json"}
     if set(opts) - known:
-        print(f"error: unknown options {sorted(set(opts) - known)} (known: {sorted(known)})", file=sys.stderr)
-        sys.exit(2)
+        _fail(f"unknown options {sorted(set(opts) - known)} (known: {sorted(known)})")
     torch.set_num_threads(1)
     names = opts.get("trackers", "pyin,crepe-tiny,crepe-full").split(",")
     snrs = [float(s) for s in opts.get("snrs", "inf,30,20,10,0").split(",")]
     contours = [c for c in opts.get("contours", ",".join(CONTOURS)).split(",") if c]
     if set(contours) - set(CONTOURS):
-        print(f"error: contours: expected some of {','.join(CONTOURS)}", file=sys.stderr)
-        sys.exit(2)
+        _fail(f"contours: expected some of {','.join(CONTOURS)}")
     checkpoint = opts.get("checkpoint", "checkpoints/demo-tiny/checkpoints/best.pt") or None
     clips = corpus_clips(Path(opts.get("corpus", "data/demo")), int(opts.get("clips", 12)))
     tr = trackers(names, float(opts.get("crepe_threshold", CREPE_THRESHOLD)))
