@@ -8,7 +8,8 @@ What it adds:
       objective), `distill/l1`, `distill/mr_stft` (regression), `distill/teacher_nll`
       (likelihood of teacher samples, nats/sample), `distill/real_nll` (with real_weight);
     * at every validation, beside the student's val log-likelihood (`val/log_likelihood`, which
-      the guard and best.pt follow as in training): the distances of `distill.val_clips` val
+      the guard and best.pt follow when the objective has a likelihood term; with regression
+      alone they follow the student-teacher MR-STFT distance): the distances of `distill.val_clips` val
       clips decoded by student and teacher from the same latent (`distill/val_mel_l1_teacher`,
       `distill/val_mr_stft_teacher`), and of the student's and teacher's output to the originals
       (`distill/val_mel_l1_truth`, ..., `distill/val_teacher_mr_stft_truth`), also in metrics.jsonl.
@@ -19,6 +20,7 @@ objective: an NLL only for distill.loss=likelihood.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 
@@ -34,6 +36,7 @@ from waveglow.train.loop import Trainer, TrainHooks
 from waveglow.train.progress import append_metric
 from waveglow.train.state import TrainResult
 from waveglow.train.step import StepResult
+from waveglow.train.validation import report_validation
 
 log = logging.getLogger("waveglow")
 
@@ -48,6 +51,7 @@ class DistillTrainer(Trainer):
         self._window_steps = 0
         self._teacher_truth: dict[str, float] | None = None
         self._teacher_outputs: dict[int, Tensor] = {}  # val clip -> the teacher's audio
+        self._best_distance: float | None = None  # distill=regression: what best.pt follows
 
     def setup(self) -> None:
         # Before the run directory and its lock: a bad teacher is one error line, nothing written.
@@ -81,17 +85,67 @@ class DistillTrainer(Trainer):
             self._window, self._window_steps = {}, 0
         return out
 
-    def validate(self) -> bool:
-        """The trainer's validation (student log-likelihood, guard, best.pt) after the
-        student–teacher distances of the first `distill.val_clips` val clips."""
-        if self.is_main:
-            self._report_distances()
-        return super().validate()
+    @property
+    def trains_likelihood(self) -> bool:
+        """Whether the objective has a likelihood term (teacher samples or real audio)."""
+        d = self.dcfg
+        return (d.loss == "likelihood" and float(d.weight) > 0) or float(d.real_weight) > 0
 
-    def _report_distances(self) -> None:
+    def validate(self) -> bool:
+        """The student–teacher distances of the first `distill.val_clips` val clips, then the
+        student's val log-likelihood. With a likelihood term in the objective the guard and
+        best.pt follow the log-likelihood (the trainer's validation); with regression alone they
+        follow the student–teacher MR-STFT distance, since the likelihood is not what is trained
+        (it may fall by tens of nats/sample while the decoder gets closer to the teacher).
+
+        Returns:
+            True for a new best.
+        """
+        distance = self._report_distances() if self.is_main else None
+        if self.trains_likelihood or int(self.dcfg.val_clips) == 0:
+            return super().validate()
+        value = self.validator.log_likelihood()
+        self.state.val_log_likelihood = value
+        report_validation(self.state, value, self.monitor, self.run_dir / "metrics.jsonl", self.is_main)
+        self.validator.report_unseen(self.state.step, self.monitor, self.run_dir / "metrics.jsonl")
+        s = self.state
+        if math.isfinite(value) and (s.best_val_log_likelihood is None or value > s.best_val_log_likelihood):
+            # Reported (log lines, TrainResult) as the run's best log-likelihood; not what best.pt follows.
+            s.best_val_log_likelihood, s.best_step = value, s.step
+        distance = self.ctx.broadcast_object(distance)
+        if distance is None or not math.isfinite(distance):
+            best = self.ckpt_dir / "best.pt"
+            self.guard.recover("the student-teacher distance of the val clips is not finite",
+                               best if best.is_file() else self.checkpoints.last)
+            return False
+        if self._best_distance is None and self.resumed:
+            self._best_distance = self._best_distance_so_far()
+        if self._best_distance is None or distance < self._best_distance:
+            self._best_distance = distance
+            if self.is_main:
+                log.info(f"step {self.state.step}: new best student-teacher MR-STFT distance {distance:.4f} (best.pt)")
+            return True
+        return False
+
+    def _best_distance_so_far(self) -> float | None:
+        """The lowest val student-teacher MR-STFT distance in metrics.jsonl (a resumed run's
+        history, already cut at its step), broadcast from rank 0."""
+        best = None
+        if self.is_main:
+            path = self.run_dir / "metrics.jsonl"
+            lines = path.read_text().splitlines() if path.is_file() else []
+            records = [json.loads(x) for x in lines if x.strip()]
+            # The current step's line is already written: it is not history.
+            values = [r.get("distill_mr_stft_teacher") for r in records if r.get("step", 0) < self.state.step]
+            values = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+            best = min(values) if values else None
+        return self.ctx.broadcast_object(best)
+
+    def _report_distances(self) -> float | None:
+        """Score, log and record the distances; returns the student-teacher MR-STFT distance."""
         n = min(int(self.dcfg.val_clips), len(self.validator.val_set))
         if n == 0:
-            return
+            return None
         clips = [self.validator.item(i) for i in range(n)]
         was_training = self.model.training
         self.model.eval()
@@ -102,7 +156,7 @@ class DistillTrainer(Trainer):
         finally:
             self.model.train(was_training)
         if not d:
-            return
+            return None
         if self._teacher_truth is None:  # the teacher does not change: scored once per process
             self._teacher_truth = {k: d.pop(k) for k in list(d) if k.startswith("teacher_")}
         d.update(self._teacher_truth)
@@ -115,6 +169,7 @@ class DistillTrainer(Trainer):
                  f"student {d['mel_l1_truth']:.3f} / {d['mr_stft_truth']:.3f}, teacher "
                  f"{d['teacher_mel_l1_truth']:.3f} / {d['teacher_mr_stft_truth']:.3f} (mel L1 / MR-STFT, "
                  f"lower is better)" + ("" if finite else "; some distances are not finite"))
+        return d["mr_stft_teacher"]
 
 
 def distill(cfg: DistillApp, hooks: TrainHooks | None = None) -> TrainResult:
