@@ -25,6 +25,7 @@ from waveglow.config import to_dict
 from waveglow.data import load_stats
 from waveglow.data.audio import load_audio
 from waveglow.distill import DistillObjective, distill, mr_stft_loss, teacher_distances
+from waveglow.errors import UserError
 from waveglow.inference.metrics import multi_resolution_stft_distance
 from waveglow.mel import MelSpectrogram
 
@@ -223,8 +224,16 @@ def test_bad_teacher_file(corpus, tmp_path):
     assert f"teacher={wav}" in line and "not a checkpoint" in line and "a WAV file" in line
 
 
-def test_teacher_at_another_sample_rate_or_mel_setting(corpus, teacher, tmp_path):
+def test_teacher_at_another_sample_rate(corpus, teacher, tmp_path):
     line = _bad(tmp_path, corpus, teacher, "audio=16k")
     assert "audio.sampling_rate=22050" in line and "the student's audio.sampling_rate=16000" in line
-    line = _bad(tmp_path, corpus, teacher, "audio.n_mels=64")
-    assert "audio.n_mels=80" in line and "audio.n_mels=64" in line
+
+
+def test_teacher_with_other_mel_settings(corpus, teacher, tmp_path):
+    """In process (the console script's path for this error is the one above)."""
+    run = tmp_path / "run"
+    with pytest.raises(UserError, match=r"trained with audio.n_mels=80, the student's audio.n_mels=64"):
+        distill(make_cfg(corpus, teacher, run, "audio.n_mels=64"))
+    with pytest.raises(UserError, match=r"audio.hop_length=256, the student's audio.hop_length=200"):
+        distill(make_cfg(corpus, teacher, run, "audio.hop_length=200", "model.n_group=8"))
+    assert not run.exists()
