@@ -29,7 +29,8 @@ REQUIRED = {"waveglow_mel": ("input=a.wav", "output_dir=o"),
             "waveglow_convert": ("checkpoint=c.pt", "input=m", "output_dir=o"),
             "waveglow_export": ("checkpoint=c.pt", "output=m.onnx"),
             "waveglow_eval": ("checkpoint=c.pt", "output_dir=o"),
-            "waveglow_prune": ("checkpoint=c.pt", "output=p.pt")}
+            "waveglow_prune": ("checkpoint=c.pt", "output=p.pt"),
+            "waveglow_distill": ("teacher=t.pt",)}
 
 
 @pytest.mark.parametrize("app", sorted(C.APPS))
@@ -117,7 +118,7 @@ def test_typos_and_flags_in_a_script_get_one_line(tmp_path: Path) -> None:
 SCRIPTS = ["waveglow-mel", "waveglow-preprocess", "waveglow-train", "waveglow-synthesize",
            "waveglow-resynthesize", "waveglow-score", "waveglow-import-nvidia", "waveglow-bench",
            "waveglow-download", "waveglow-enhance", "waveglow-convert", "waveglow-export",
-           "waveglow-prune"]
+           "waveglow-prune", "waveglow-distill"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
