@@ -245,6 +245,27 @@ def test_output_folder_cannot_be_created(checkpoint, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
+def test_init_from_a_pruned_checkpoint_without_its_width_names_the_setting(checkpoint, tmp_path, capsys):
+    """Fine-tuning a pruned file with the original width is refused in one line that names the
+    checkpoint's model setting to repeat (model.wn.n_channels), before any training step."""
+    from waveglow.cli.train import main as train_main
+
+    out = tmp_path / "small.pt"
+    assert prune_main([f"checkpoint={checkpoint}", "keep=0.5", f"output={out}", *FAST]) is None
+    capsys.readouterr()
+    corpus = load_checkpoint(checkpoint)["config"]["data"]["root"]
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as exc:
+        train_main(["data=demo", f"data.root={corpus}", "data.splits.n_val=1", "data.splits.n_test=2",
+                    "data.segment_length=4096", "model=tiny", f"train.init_from={out}", "train.max_steps=1",
+                    "train.threads=1", f"run_dir={run}"])
+    assert exc.value.code == 2
+    errors = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error:")]
+    assert len(errors) == 1 and "do not fit model tiny" in errors[0], errors
+    assert "model.wn.n_channels: 16 -> 32" in errors[0], errors
+    assert not (run / "checkpoints").exists() or not any((run / "checkpoints").iterdir())
+
+
 @pytest.mark.slow
 def test_pruned_checkpoint_fine_tunes_with_init_from_and_synthesizes(checkpoint, tmp_path):
     """The documented fine-tuning command (printed by waveglow-prune) runs on the pruned file,

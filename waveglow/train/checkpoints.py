@@ -230,12 +230,15 @@ class Checkpointer:
         problems += [f"{k} unexpected" for k in src if k not in own]
         problems += [f"{k} has shape {list(src[k].shape)}, the model needs {list(own[k].shape)}"
                      for k in own if k in src and src[k].shape != own[k].shape]
-        if problems:
-            raise UserError(f"{path}: train.init_from weights do not fit model {self.config['model']['name']} "
-                            f"({'; '.join(problems[:5])}{' ...' if len(problems) > 5 else ''})")
-        self.model.load_state_dict(src)
         diff = _diff_keys(resolve_model_config(ckpt["config"]["model"]),
                           resolve_model_config(self.config["model"]), "model")
+        if problems:
+            # A pruned or otherwise resized checkpoint: name its settings, which the run must repeat.
+            hint = (f"; the checkpoint's model differs in {', '.join(diff[:4])} (checkpoint -> this run): "
+                    "set those on the command line (e.g. model.wn.n_channels=...)" if diff else "")
+            raise UserError(f"{path}: train.init_from weights do not fit model {self.config['model']['name']} "
+                            f"({'; '.join(problems[:5])}{' ...' if len(problems) > 5 else ''}){hint}")
+        self.model.load_state_dict(src)
         audio_diff = _diff_keys(ckpt["config"].get("audio") or {}, self.config["audio"], "audio")
         if self.ctx.is_main:
             log.info(f"init_from {path}: weights loaded (step {ckpt.get('step', '?')} of its run); "
