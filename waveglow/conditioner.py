@@ -31,6 +31,11 @@ state_dict untouched): intermediates are updated in place; on CPU in float32 (no
 multiply-adds (`_depthwise_shifted`); in bf16 (CPU autocast) the dense dilated convs run as one
 matmul over their stacked taps (`_dilated_as_matmul`); on CPU in fp32 and bf16 the gate's tanh
 is 2·sigmoid(2u) − 1 evaluated in float32.
+
+Training path (autograd on): the conditioning projection, its bias and each res/skip output are
+`split` rather than sliced per layer (one concatenation in backward instead of zero-filled
+full-size gradients), and the gate is `waveglow.fused_ops.gated_tanh_sigmoid` (stores only its
+input). `plain_training_ops()` restores the plain composition, the reference of the tests.
 """
 
 from __future__ import annotations
