@@ -71,7 +71,7 @@ test: install ## run the test suite (CPU; CUDA cases skip without a GPU; TEST_WO
 test-all: install ## the test suite including the slow cases
 	$(PY) -m pytest -q -m "slow or not slow" $(TEST_PARALLEL)
 
-demo: install ## train a tiny model on the bundled corpus and synthesize its held-out clips (~4 min on 2 CPU cores; THREADS=N sets the threads)
+demo: install ## train a tiny model on the bundled corpus and synthesize its held-out clips (~4.5 min on 2 idle CPU cores; THREADS=N sets the threads)
 	DEMO_THREADS=$(THREADS) $(PY) scripts/demo.py
 
 ljspeech: install ## download LJSpeech-1.1 (checksum verified, resumable) into data/ and write its splits

@@ -29,7 +29,7 @@ from waveglow.data.audio import save_audio
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-STEPS = int(os.environ.get("DEMO_STEPS", "400"))
+STEPS = int(os.environ.get("DEMO_STEPS", "300"))
 RUN_DIR = Path(os.environ.get("DEMO_RUN_DIR", REPO / "checkpoints" / "demo-tiny"))
 OUT = Path(os.environ.get("DEMO_OUT", REPO / "outputs" / "demo"))
 CORPUS = REPO / "data" / "demo"
