@@ -12,10 +12,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from waveglow.cli.common import Failed, Script, Stopped, app
+from waveglow.cli.common import Script, app
+from waveglow.cli.train import run_or_exit
 from waveglow.config import DistillApp
 from waveglow.distill import distill
-from waveglow.train import TrainingError, TrainResult
+from waveglow.train import TrainResult
 
 SCRIPT = Script(
     name="waveglow-distill", config="waveglow_distill",
@@ -49,13 +50,7 @@ def rewrite_argv(argv: Sequence[str]) -> list[str]:
 @app(SCRIPT)
 def _run(cfg: DistillApp) -> TrainResult:
     """Distill the teacher of `cfg` into its student (see waveglow.distill)."""
-    try:
-        result = distill(cfg)
-    except TrainingError as e:
-        raise Failed(str(e)) from None
-    if result.exit_code:
-        raise Stopped(result.exit_code)
-    return result
+    return run_or_exit(distill, cfg)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

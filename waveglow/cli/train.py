@@ -12,6 +12,9 @@ log-likelihood; exit status 0 when every job completed, 1 when one failed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from waveglow.cli.common import Failed, Script, Stopped, Sweep, app
 from waveglow.config import TrainApp
 from waveglow.train import TrainingError, TrainResult, train
@@ -32,13 +35,19 @@ SCRIPT = Script(
 )
 
 
-@app(SCRIPT)
-def main(cfg: TrainApp) -> TrainResult:
-    """Train the model of `cfg` on its data (see waveglow.train)."""
+def run_or_exit(run: Callable[[Any], TrainResult], cfg: Any) -> TrainResult:
+    """Run a training function; a run that cannot go on is exit status 1 (`Failed`), one stopped
+    by a signal after saving is its signal's status (`Stopped`: re-running resumes)."""
     try:
-        result = train(cfg)
+        result = run(cfg)
     except TrainingError as e:
         raise Failed(str(e)) from None
     if result.exit_code:
         raise Stopped(result.exit_code)
     return result
+
+
+@app(SCRIPT)
+def main(cfg: TrainApp) -> TrainResult:
+    """Train the model of `cfg` on its data (see waveglow.train)."""
+    return run_or_exit(train, cfg)

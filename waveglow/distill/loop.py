@@ -32,7 +32,7 @@ from waveglow.distill.distance import teacher_distances
 from waveglow.distill.objective import DistillObjective
 from waveglow.distill.teacher import load_teacher, warn_if_larger
 from waveglow.mel import MelSpectrogram
-from waveglow.train.loop import Trainer, TrainHooks
+from waveglow.train.loop import Trainer, TrainHooks, run_trainer
 from waveglow.train.progress import append_metric
 from waveglow.train.state import TrainResult
 from waveglow.train.step import StepResult
@@ -188,10 +188,5 @@ def distill(cfg: DistillApp, hooks: TrainHooks | None = None) -> TrainResult:
             for the teacher's checks.
         TrainingError: a checkpoint write failed, or the guards gave up.
     """
-    trainer = DistillTrainer(cfg, hooks)
-    try:
-        trainer.setup()
-        return trainer.run()
-    finally:
-        trainer.close()
+    return run_trainer(DistillTrainer(cfg, hooks))
 

@@ -400,7 +400,11 @@ def train(cfg: TrainApp, hooks: TrainHooks | None = None) -> TrainResult:
         UserError: bad settings or input files.
         TrainingError: a checkpoint write failed, or the guards gave up.
     """
-    trainer = Trainer(cfg, hooks)
+    return run_trainer(Trainer(cfg, hooks))
+
+
+def run_trainer(trainer: Trainer) -> TrainResult:
+    """Set up, run and close `trainer` (a Trainer or a subclass: distillation's)."""
     try:
         trainer.setup()
         return trainer.run()
