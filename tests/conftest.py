@@ -192,6 +192,22 @@ def flat(obj) -> list:
     return [obj]
 
 
+def assert_same_state(a: dict, b: dict, context: str = "") -> None:
+    """Two training checkpoints' parameters, optimizer state, step, RNG, sampler position and
+    schedule identical to the bit (`context` is added to each failure message)."""
+    import torch
+
+    assert a["step"] == b["step"], context
+    assert a["model"].keys() == b["model"].keys(), context
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), f"{k} {context}"
+    for key in ("optimizer", "rng", "sampler", "scheduler"):
+        fa, fb = flat(a[key]), flat(b[key])
+        assert len(fa) == len(fb), f"{key} {context}"
+        for x, y in zip(fa, fb):
+            assert (torch.equal(x, y) if torch.is_tensor(x) else x == y), f"{key} {context}"
+
+
 @pytest.fixture(scope="session")
 def demo_root() -> Path:
     """The committed demo corpus (LJSpeech layout)."""

@@ -29,8 +29,7 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import compose, copy_demo_corpus, flat
+from conftest import assert_same_state, compose, copy_demo_corpus
 from conftest import load_state as load
 
 from waveglow.checkpoint import load_checkpoint
@@ -67,18 +66,6 @@ def corpus(tmp_path_factory, demo_root) -> Path:
     root = copy_demo_corpus(demo_root, tmp_path_factory.mktemp("crash") / "corpus")
     load_stats(compose("waveglow_train", *overrides(root, root / "x")), progress=False)
     return root
-
-
-def assert_same_state(a: dict, b: dict, context: str = "") -> None:
-    """Parameters, optimizer state, step, RNG and sampler position identical to the bit."""
-    assert a["step"] == b["step"], context
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), f"{k} {context}"
-    for key in ("optimizer", "rng", "sampler", "scheduler"):
-        fa, fb = flat(a[key]), flat(b[key])
-        assert len(fa) == len(fb), f"{key} {context}"
-        for x, y in zip(fa, fb):
-            assert (torch.equal(x, y) if torch.is_tensor(x) else x == y), f"{key} {context}"
 
 
 def assert_checkpoints_readable(run_dir: Path) -> list[int]:

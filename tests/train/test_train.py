@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import compose, copy_demo_corpus, flat
+from conftest import assert_same_state, compose, copy_demo_corpus
 from conftest import load_state as load
 
 from waveglow.checkpoint import FORMAT_VERSION, build_model, load_model
@@ -50,19 +50,6 @@ def corpus(tmp_path_factory, demo_root) -> Path:
     root = copy_demo_corpus(demo_root, tmp_path_factory.mktemp("train") / "corpus")
     load_stats(make_cfg(root, root / "unused"), progress=False)
     return root
-
-
-def assert_same_state(a: dict, b: dict) -> None:
-    """Model, optimizer, step and RNG identical to the bit."""
-    assert a["step"] == b["step"]
-    assert a["model"].keys() == b["model"].keys()
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
-    for key in ("optimizer", "rng", "sampler", "scheduler"):
-        fa, fb = flat(a[key]), flat(b[key])
-        assert len(fa) == len(fb), key
-        for x, y in zip(fa, fb):
-            assert (torch.equal(x, y) if torch.is_tensor(x) else x == y), key
 
 
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
