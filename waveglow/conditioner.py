@@ -147,6 +147,7 @@ def pointwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     w = weight.squeeze(-1)
     if (x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32
             and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+            and not torch.compiler.is_compiling()  # inductor cannot lower this call; it picks its own product
             and _onednn_linear_available()):
         op = torch.ops.mkldnn._linear_pointwise
         ys = [op(w, x[b].t(), None, "none", [], "") for b in range(B)]  # each [C_out, N]
@@ -432,7 +433,9 @@ class WN(nn.Module):
         # autocast a different rounding of the biases would show as reconstruction error.
         c_all = self.cond_layer.conv(cond, None)
         cond_bias = self.cond_layer.bias
-        fused = not inplace and _FUSED_TRAINING_OPS.get()
+        # Under torch.compile (train.compile) always the fused path: dynamo cannot read a
+        # ContextVar without breaking the graph, and plain_training_ops() is an eager reference.
+        fused = not inplace and (torch.compiler.is_compiling() or _FUSED_TRAINING_OPS.get())
         # With autograd, per-layer slices of the projection would each back-propagate as a
         # zero-filled [B, 2·C·L, N] tensor added into the others (L fills and adds of the whole
         # projection per conditioner); `split` back-propagates as one concatenation.

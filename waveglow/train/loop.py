@@ -27,6 +27,7 @@ from waveglow.errors import UserError
 from waveglow.fileio import write_text_atomic
 from waveglow.runtime import precision_name, resolve_precision, seed_everything
 from waveglow.train.checkpoints import Checkpointer, WriteFn
+from waveglow.train.compile import DEFAULT_BACKEND, Backend, compile_conditioners, compiled, eager
 from waveglow.train.distributed import DistContext
 from waveglow.train.guard import Guard
 from waveglow.train.lock import RunDirLock
@@ -64,11 +65,13 @@ class TrainHooks:
     after_step(trainer): called after each step (step counter already advanced).
     write_checkpoint(f, state): writes a checkpoint's bytes into the open temp file instead of
         torch.save (tests inject a slow write to kill the process in the middle of one).
+    compile_backend: the torch.compile backend of `train.compile=true` (tests pass "eager").
     """
 
     before_step: Callable[[Trainer, dict[str, Tensor]], None] | None = None
     after_step: Callable[[Trainer], None] | None = None
     write_checkpoint: WriteFn | None = None
+    compile_backend: Backend = DEFAULT_BACKEND
 
 
 class Trainer:
@@ -125,6 +128,11 @@ class Trainer:
         # The same initial weights on every rank (DDP also broadcasts rank 0's at wrap time).
         seed_everything(seed)
         self.model = build_model(self.config).to(self.device)
+        # In place, before the DDP wrapper and before any weights are loaded: the state_dict keys
+        # stay the same, so resume and fine-tuning start work as without compilation.
+        self.compiled = bool(self.tcfg.compile)
+        if self.compiled:
+            compile_conditioners(self.model, backend=self.hooks.compile_backend)
         self.multiple = segment_multiple(self.model)
         self.segment_length = training_segment_length(int(self.cfg.data.segment_length), self.multiple)
         # Rank 0 builds any missing feature cache (and the splits) first, while the others wait
@@ -185,8 +193,10 @@ class Trainer:
     def train_step(self, batch: dict[str, Tensor], with_stats: bool) -> StepResult:
         """One optimizer step on `batch` at the scheduled learning rate."""
         lr = lr_at(self.state.step, self.tcfg, self.state.lr_mult)
-        return self.stepper(batch["audio"], batch["mel"], lr, with_stats=with_stats,
-                            stop=self.stop_signal is not None)
+        # train.compile: the step alone runs the compiled conditioners (the loop runs eager).
+        with compiled(self.compiled):
+            return self.stepper(batch["audio"], batch["mel"], lr, with_stats=with_stats,
+                                stop=self.stop_signal is not None)
 
     def save(self, names: list[str]) -> None:
         """Write the current state as each of `names` (see Checkpointer.save)."""
@@ -216,7 +226,10 @@ class Trainer:
             return s.result(self.run_dir, 0)
         handlers = _install_stop_handlers(self)
         try:
-            return self._loop(max_steps)
+            # train.compile: validation, resynthesis and the speed calibration run eager (other
+            # lengths and grad modes: a compilation each, for rare calls); train_step does not.
+            with eager(self.compiled):
+                return self._loop(max_steps)
         finally:
             for signum, old in handlers.items():
                 signal.signal(signum, old)
@@ -343,12 +356,14 @@ class Trainer:
         log.info(f"run {self.run_dir}: model {cfg.model.name} ({n_params / 1e6:.2f}M parameters), "
                  f"data {cfg.data.name}, {where}"
                  + (f" × {self.world} processes" if self.ctx.distributed else "")
-                 + f", {batch}" + (f", train.memory={self.tcfg.memory}" if self.tcfg.memory != "standard" else ""))
+                 + f", {batch}" + (f", train.memory={self.tcfg.memory}" if self.tcfg.memory != "standard" else "")
+                 + (", compile on (train.compile=true: the first steps compile the conditioners)" if self.compiled
+                    else ", compile off"))
         if not self.resumed:
             self.monitor.hparams(
                 {"model": cfg.model.name, "data": cfg.data.name, "precision": precision,
                  "world_size": self.world, "global_batch": self.global_batch, "grad_accum": self.grad_accum,
-                 "memory": str(self.tcfg.memory),
+                 "memory": str(self.tcfg.memory), "compile": self.compiled,
                  "segment_length": self.segment_length, "lr": float(self.tcfg.lr),
                  "seed": int(self.tcfg.seed), "grad_clip": float(self.tcfg.grad_clip or 0),
                  "warmup_steps": int(self.tcfg.warmup_steps or 0)},
