@@ -12,7 +12,10 @@ Runs, each as the real command a user would type (see `--plan`):
   5. the benchmark's training step on CUDA (`waveglow-bench tasks=train`) in fp16 and bf16, each
      with standard and invertible backprop: samples/s and peak memory, the figures that decide
      the GPU defaults of train.precision and train.memory;
-  6. a 2-process DDP run of `tiny` (torchrun) when there are 2 or more GPUs.
+  6. the runs of 3. again with `train.compile=true` (conditioners compiled by torch.compile):
+     samples/s and peak memory against 3.'s, the figures that decide the GPU default of
+     train.compile;
+  7. a 2-process DDP run of `tiny` (torchrun) when there are 2 or more GPUs.
 
 Prints a table (stdout; progress on stderr) and writes the same rows to
 outputs/gpu-check/results.jsonl, the table to table.txt and every command's output to logs/.

@@ -167,6 +167,19 @@ def plan_invertible(s: Settings) -> list[Step]:
                  precision=p, run_dir=run, expect={"steps": steps, "memory": "invertible"})]
 
 
+def plan_compile(s: Settings) -> list[Step]:
+    """`train.compile=true`: the training runs of `plan_train` with compiled conditioners, whose
+    samples/s and peak memory against the `train` rows (train.compile=false) decide the GPU
+    default of train.compile. The log's first window (the compilation) is left out of samples/s."""
+    steps = []
+    for p in amp_precisions(s):
+        run = s.work / f"train-compile-{p}"
+        args = [*train_args(s, s.model, p, s.steps, s.batch, run), "train.compile=true"]
+        steps.append(Step(f"train-compile-{p}", "compile", as_train(s, args), cap_s=300, model=s.model,
+                          precision=p, run_dir=run, expect={"steps": s.steps, "compile": True}))
+    return steps
+
+
 def plan_ddp(s: Settings) -> list[Step]:
     if s.gpus < 2:
         return []
@@ -194,6 +207,8 @@ def train_row(step: Step, rc: int | None, text: str, wall: float, device: str) -
         problem = f"{info.get('processes')} processes, expected {step.expect.get('processes')}"
     elif info.get("memory", "standard") != step.expect.get("memory", "standard"):
         problem = f"train.memory={info.get('memory')}, expected {step.expect.get('memory')}"
+    elif bool(info.get("compile")) != step.expect.get("compile", False):
+        problem = f"compile {'on' if info.get('compile') else 'off'}, expected train.compile={step.expect.get('compile', False)}"
     elif not (finite(before) and finite(after)):
         problem = f"val log-likelihood missing or not finite at steps 0 and {steps} (metrics.jsonl)"
     elif after <= before:
@@ -219,6 +234,7 @@ CHECKS: tuple[Check, ...] = (  # in the order they run
     Check("train", plan_train, read_train, needs_corpus=True),
     Check("invertible", plan_invertible, read_train, needs_corpus=True),
     Check("bench", plan_bench, read_bench),
+    Check("compile", plan_compile, read_train, needs_corpus=True),
     Check("ddp", plan_ddp, read_train, needs_corpus=True),
 )
 CHECK_NAMES = tuple(c.name for c in CHECKS)

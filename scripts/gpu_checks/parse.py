@@ -36,7 +36,7 @@ def read_metrics(run_dir: Path) -> dict[int, float]:
 
 
 def parse_train_log(text: str) -> dict[str, Any]:
-    """What `waveglow-train` logs: precision and device, processes, the memory mode, samples/s
+    """What `waveglow-train` logs: precision and device, processes, the memory mode, compile, samples/s
     per logging window, skipped steps, whether it finished, and the peak memory line of
     `--as-train`."""
     info: dict[str, Any] = {"rates": [], "finished": False}
@@ -45,6 +45,7 @@ def parse_train_log(text: str) -> dict[str, Any]:
             info.update(precision=m.group(1), device=m.group(2), processes=int(m.group(3) or 1))
             memory = re.search(r"train\.memory=(\w+)", line)
             info["memory"] = memory.group(1) if memory else "standard"
+            info["compile"] = ", compile on " in line  # train.compile (the line says compile on/off)
         elif m := re.match(r"step (\d+)/\d+ \|.*?\| ([\d,.]+) samples/s", line):
             info["rates"].append((int(m.group(1)), float(m.group(2).replace(",", ""))))
         elif m := re.match(r"done: step (\d+),.*skipped steps (\d+)", line):

@@ -85,10 +85,11 @@ def test_planned_commands_are_valid_command_lines(gc, tmp_path):
     meets a misspelled setting. One GPU: no DDP run; no bf16 where the GPU lacks it."""
     full = gc.build_plan(gc.Settings(work=tmp_path, gpus=2))
     assert [s.name for s in full] == ["prepare", "tests", "synthesis", "train-fp16", "train-bf16",
-                                      "train-invertible-fp16", "bench-train", "ddp"]
+                                      "train-invertible-fp16", "bench-train", "train-compile-fp16",
+                                      "train-compile-bf16", "ddp"]
     for step in full:
         argv = list(step.argv)
-        if step.kind in ("train", "invertible", "ddp"):
+        if step.kind in ("train", "invertible", "compile", "ddp"):
             script = argv.index("--as-train") if "--as-train" in argv else next(
                 i for i, a in enumerate(argv) if a.endswith("waveglow-train"))
             assert Path(argv[script if step.kind == "ddp" else script - 1]).exists()
@@ -96,6 +97,7 @@ def test_planned_commands_are_valid_command_lines(gc, tmp_path):
             assert cfg.train.device == "cuda" and cfg.train.precision == step.precision
             assert Path(cfg.run_dir) == step.run_dir and cfg.data.cache_dir == str(tmp_path / "cache")
             assert cfg.train.memory == ("invertible" if step.kind == "invertible" else "standard")
+            assert cfg.train.compile is (step.kind == "compile")
         elif step.kind in ("synthesis", "bench"):
             assert Path(argv[0]).name == "waveglow-bench" and Path(argv[0]).exists()
             cfg = compose("waveglow_bench", *rewrite_argv(argv[1:]))
@@ -106,7 +108,7 @@ def test_planned_commands_are_valid_command_lines(gc, tmp_path):
 
     one = gc.build_plan(gc.Settings(work=tmp_path, gpus=1, bf16=False))
     assert [s.name for s in one] == ["prepare", "tests", "synthesis", "train-fp16", "train-invertible-fp16",
-                                     "bench-train"]
+                                     "bench-train", "train-compile-fp16"]
     assert not any("bf16" in a for s in one for a in s.argv)
 
 
@@ -145,6 +147,19 @@ def test_invertible_check_runs_the_real_trainer_with_invertible_backprop(gc, tmp
     assert [(r["check"], r["precision"], r["status"]) for r in rows] == [("invertible", "fp32", "ok")], rows
     assert "train.memory=invertible" in Path("out/logs/train-invertible-fp32.log").read_text()
     assert rows[0]["val_ll_after"] > rows[0]["val_ll_before"]
+
+
+@pytest.mark.slow  # preprocessing, then training with inductor compiling the conditioners
+def test_compile_check_runs_the_real_trainer_with_compiled_conditioners(gc, tmp_path, monkeypatch):
+    """The compile check's command on the CPU (fp32 here): the trainer says compile on, it
+    learns, and the row reads its speed and peak memory."""
+    monkeypatch.chdir(tmp_path)
+    s = gc.Settings(work=tmp_path / "work", device="cpu", model="tiny", steps=8, batch=2,
+                    train_precisions=("fp32",), checks=("compile",), train_overrides=TINY_TRAIN)
+    rows = gc.run_steps(gc.build_plan(s), s, Path("out"), "cpu")[1:]
+    assert [(r["check"], r["precision"], r["status"]) for r in rows] == [("compile", "fp32", "ok")], rows
+    assert "compile on (train.compile=true" in Path("out/logs/train-compile-fp32.log").read_text()
+    assert rows[0]["samples_per_sec"] > 0 and rows[0]["peak_mem_mib"] > 0
 
 
 def test_synthesis_check_reads_the_benchmark_rows(gc, tmp_path, monkeypatch):
@@ -240,6 +255,13 @@ def test_what_the_commands_print_is_read_into_rows(gc, tmp_path):
     inv_log = log.replace("× 16000 samples\n", "× 16000 samples, train.memory=invertible\n")
     inverted = gc.apply_goal(gc.train_row(inv, 0, inv_log, 1, "cuda"))
     assert inverted["status"] == "ok" and inverted["check"] == "invertible" and inverted["goal"] is None
+    # The compile run must say "compile on" in its start line, the others not.
+    comp = gc.Step("train-compile-fp16", "compile", ("x",), 1, model="waveglow_256", precision="fp16",
+                   run_dir=run, expect={"steps": 200, "compile": True})
+    assert "compile off, expected train.compile=True" in gc.train_row(comp, 0, log, 1, "cuda")["detail"]
+    comp_log = log.replace("× 16000 samples\n", "× 16000 samples, compile on (train.compile=true: ...)\n")
+    assert gc.apply_goal(gc.train_row(comp, 0, comp_log, 1, "cuda"))["status"] == "ok"
+    assert "expected train.compile=False" in gc.train_row(step, 0, comp_log, 1, "cuda")["detail"]
     r = gc.apply_goal(gc.train_row(step, 0, log, 90.0, "cuda"))
     # Steps over time of the windows after the first (warm-up): 50 steps at 310k, 100 at 330k.
     assert r["status"] == "ok" and r["samples_per_sec"] == pytest.approx(150 / (50 / 310e3 + 100 / 330e3))
@@ -291,6 +313,7 @@ def fake_commands(calls: list[list[str]]):
             run_dir, precision = Path(value(args, "run_dir")), value(args, "train.precision")
             steps = int(value(args, "train.max_steps"))
             memory = ", train.memory=invertible" if "train.memory=invertible" in args else ""
+            memory += ", compile on (train.compile=true: ...)" if "train.compile=true" in args else ", compile off"
             (run_dir / "checkpoints").mkdir(parents=True)
             (run_dir / "metrics.jsonl").write_text('{"step": 0, "val_log_likelihood": -1.0}\n'
                                                    f'{{"step": {steps}, "val_log_likelihood": 2.0}}\n')
@@ -340,15 +363,16 @@ def test_the_gpu_run_end_to_end_with_a_fake_gpu(gc, tmp_path, monkeypatch, capsy
         ("machine", None, "ok"), ("tests", None, "ok"),
         ("synthesis", "fp32", "ok"), ("synthesis", "fp16", "ok"), ("synthesis", "bf16", "ok"),
         ("train", "fp16", "ok"), ("train", "bf16", "ok"), ("invertible", "fp16", "ok"),
-        ("bench-train", "fp16", "ok"), ("bench-train", "bf16", "ok"), ("ddp", None, "skipped")]
+        ("bench-train", "fp16", "ok"), ("bench-train", "bf16", "ok"), ("compile", "fp16", "ok"),
+        ("compile", "bf16", "ok"), ("ddp", None, "skipped")]
     by = {(r["check"], r["precision"]): r for r in rows}
     assert by["synthesis", "fp16"]["goal_met"] is True and by["train", "fp16"]["goal_met"] is True
     assert by["train", "bf16"]["goal_met"] is False and by["train", "fp16"]["samples_per_sec"] == 350000
     assert by["train", "fp16"]["peak_mem_mib"] == 30000.0 and by["train", "fp16"]["skipped_steps"] == 3
     assert by["tests", None]["passed"] == 14
     assert sorted(p.name for p in Path("outputs/gpu-check/logs").iterdir()) == [
-        "bench-train.log", "prepare.log", "synthesis.log", "tests.log", "train-bf16.log", "train-fp16.log",
-        "train-invertible-fp16.log"]
+        "bench-train.log", "prepare.log", "synthesis.log", "tests.log", "train-bf16.log", "train-compile-bf16.log",
+        "train-compile-fp16.log", "train-fp16.log", "train-invertible-fp16.log"]
     assert by["invertible", "fp16"]["val_ll_after"] == 2.0 and by["invertible", "fp16"]["goal"] is None
     work = Path(next(a for a in calls[0] if a.startswith("data.cache_dir=")).split("=", 1)[1]).parent
     assert not work.exists()  # the temporary run folders are gone
