@@ -2,7 +2,7 @@
 """Measure `waveglow-enhance` repairs on held-out clips with injected defects.
 
     .venv/bin/python scripts/measure_repair.py checkpoint=<ckpt> [corpus=data/demo] [threads=1]
-        [threshold=5] [click_threshold=12] [sigma=1] [level=rms] [fill=envelope] [margin_ms=20]
+        [threshold=3] [click_threshold=12] [sigma=1] [level=rms] [fill=envelope] [margin_ms=20]
         [json=<out.json>]
 
 Damages each held-out clip of the corpus with single-sample clicks, 5-sample clicks and 20 ms noise
