@@ -195,7 +195,7 @@ class TrainConfig:
                           "step's input from its output in the backward pass: constant memory in K)",
                           choices=("standard", "invertible"))
     compile: bool = setting(False, "torch.compile each flow's conditioner (WN) for the training step: same "
-                            "checkpoints and gradients; 1-3 min of compiling at each start; measured 2-8% faster "
+                            "checkpoints and gradients; 1-5 min of compiling at each start; measured 2-8% faster "
                             "CPU steps (docs/performance.md)")
     progress_seconds: float = setting(30.0, "also a progress line after this many seconds without one "
                                       "(0 = only every log_every steps; no effect on a terminal's bar)", min=0)
