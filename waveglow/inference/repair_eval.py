@@ -2,7 +2,9 @@
 
 Each clip is damaged in three separate copies, on the int16 grid: three single-sample ±0.9
 clicks (at 25/50/75 % of the clip), three 5-sample ±0.9 clicks (same places), and two 20 ms
-bursts of 0.1-rms white noise (at 30/70 %). Each copy is enhanced (PCM_16), and so is the clean
+bursts of 0.1-rms white noise (at 30/70 %, noise from `torch.Generator().manual_seed(1)`). That
+fixed layout is seed 1; any other seed draws each clip's and kind's positions (one defect per
+equal stretch of 10–90 % of the clip, so they stay apart) and the burst noise from that seed. Each copy is enhanced (PCM_16), and so is the clean
 clip (false positives). Per kind: the share of defects flagged (a flagged span overlaps the
 defect's samples, repaired or left as it was) and repaired (a repaired region overlaps it).
 
@@ -27,24 +29,52 @@ from pathlib import Path
 import soundfile as sf
 import torch
 
+from waveglow.errors import UserError
 from waveglow.inference.enhance import Enhancer, quantize
 
 KINDS = ("click1", "click5", "burst20ms")
 
 
-def damage(clean: torch.Tensor, kind: str, sr: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-    """(the damaged clip on the int16 grid, the defects' sample spans [a, b))."""
+def positions(kind: str, seed: int, salt: int) -> tuple[float, ...]:
+    """Where a kind's defects go, as fractions of the clip: seed 1 is the fixed layout (clicks at
+    25/50/75 %, bursts at 30/70 %); any other seed draws one position per equal stretch of 10–90 %
+    (kept 10 % of a stretch from its ends, so defects never touch) from (seed, salt)."""
+    count = 2 if kind == "burst20ms" else 3
+    if seed == 1:
+        return (0.3, 0.7) if count == 2 else (0.25, 0.5, 0.75)
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + salt)
+    u = 0.1 + 0.8 * torch.rand(count, generator=gen, dtype=torch.float64)
+    step = 0.8 / count
+    return tuple(0.1 + (k + float(u[k])) * step for k in range(count))
+
+
+def damage(clean: torch.Tensor, kind: str, sr: int, seed: int = 1,
+           salt: int = 0) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """Damage a clean clip with one kind of defect.
+
+    Args:
+        clean: the clean clip [T], float in [-1, 1].
+        kind: one of KINDS.
+        sr: sampling rate in Hz (a burst lasts 20 ms).
+        seed: 1 for the fixed layout the documented figures were measured on; other seeds draw the
+            positions and the burst noise (`positions`).
+        salt: varies the drawn positions per clip and kind under one seed (ignored for seed 1).
+
+    Returns:
+        (the damaged clip [T] on the int16 grid, the defects' sample spans [a, b)).
+    """
     out, n, spans = clean.clone(), clean.numel(), []
+    fracs = positions(kind, seed, salt)
     if kind == "burst20ms":
-        gen = torch.Generator().manual_seed(1)
+        gen = torch.Generator().manual_seed(seed)
         b = int(0.020 * sr)
-        for frac in (0.3, 0.7):
+        for frac in fracs:
             a = int(frac * n)
             out[a: a + b] += 0.1 * torch.randn(b, generator=gen)
             spans.append((a, a + b))
     else:
         width = 1 if kind == "click1" else 5
-        for k, frac in enumerate((0.25, 0.5, 0.75)):
+        for k, frac in enumerate(fracs):
             a = int(frac * n)
             sign = 1.0 if k % 2 == 0 else -1.0
             out[a: a + width] = sign * 0.9 * torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0][:width])
@@ -91,8 +121,20 @@ def level_stretch(c0: int, c1: int, n: int, min_len: int = LEVEL_MIN) -> tuple[i
     return max(0, min(a, b - min_len)), b
 
 
-def measure(enhancer: Enhancer, corpus: Path, clips: list[str] | None = None) -> dict:
-    """Damage, enhance and compare every clip of `clips` (default: the corpus's val + test split).
+def split_clips(corpus: Path, split: str) -> list[str]:
+    """The clip ids of `split` ("val+test" or "train"; "+" joins split files) of a corpus."""
+    ids = []
+    for s in split.split("+"):
+        f = corpus / "splits" / f"{s}.txt"
+        if s not in ("train", "val", "test") or not f.is_file():
+            raise UserError(f"split={split}: expected val+test or train, with {f} present")
+        ids += f.read_text().split()
+    return ids
+
+
+def measure(enhancer: Enhancer, corpus: Path, clips: list[str] | None = None, seed: int = 1) -> dict:
+    """Damage, enhance and compare every clip of `clips` (default: the corpus's val + test split),
+    with the defect layout of `seed` (1: the fixed one; `damage`).
 
     Returns:
         {"clips", "flagged": {kind: [flagged, total]}, "repaired": {kind: [repaired, total]},
@@ -102,18 +144,18 @@ def measure(enhancer: Enhancer, corpus: Path, clips: list[str] | None = None) ->
     """
     sr, hop = enhancer.synth.sampling_rate, enhancer.synth.hop_length
     mel_fn = enhancer.mel_fn
-    ids = clips or [i for s in ("val", "test") for i in (corpus / "splits" / f"{s}.txt").read_text().split()]
+    ids = clips or split_clips(corpus, "val+test")
     flagged = {k: [0, 0] for k in KINDS}
     repaired = {k: [0, 0] for k in KINDS}
     rows, false_pos, clean_fp, clean_left = [], [], [], []
     ref = int(AROUND_S * sr)
-    for clip in ids:
+    for index, clip in enumerate(ids):
         clean = torch.from_numpy(sf.read(corpus / "wavs" / f"{clip}.wav", dtype="float32")[0])
         res = enhancer.enhance_audio(clean, clip, subtype="PCM_16")
         clean_fp += [(clip, r.start_s, r.end_s) for r in res.regions]
         clean_left += [(clip, a, b) for a, b in res.left]
         for kind in KINDS:
-            bad, defects = damage(clean, kind, sr)
+            bad, defects = damage(clean, kind, sr, seed, salt=len(KINDS) * index + KINDS.index(kind))
             res = enhancer.enhance_audio(bad, f"{clip}:{kind}", subtype="PCM_16")
             regions = regions_of(res, bad)
             spans = [(s0, s1) for s0, s1, _, _ in regions] + [(round(a * sr), round(b * sr)) for a, b in res.left]
@@ -139,7 +181,7 @@ def measure(enhancer: Enhancer, corpus: Path, clips: list[str] | None = None) ->
                     "mel_l1_out": float((m_out - m_clean)[:, f0:f1].abs().mean()),
                     "mel_l1_damaged": float((m_bad - m_clean)[:, f0:f1].abs().mean()),
                 })
-    return {"clips": ids, "flagged": flagged, "repaired": repaired, "regions": rows,
+    return {"clips": ids, "seed": seed, "flagged": flagged, "repaired": repaired, "regions": rows,
             "false_positives_damaged": false_pos, "false_positives_clean": clean_fp, "left_clean": clean_left}
 
 
