@@ -72,18 +72,28 @@ def assert_close(ref: float, got: float, what: str) -> None:
     assert abs(got - ref) <= REL * abs(ref), f"{what}: {got} vs {ref}"
 
 
-def steps_and_grads(model: WaveGlow, memory: str, steps: int = 3) -> list[tuple[float, dict[str, torch.Tensor]]]:
-    """Per Adam step: the loss (nats per sample) and every parameter's gradient."""
+def loss_and_grads(model: WaveGlow, memory: str) -> tuple[float, dict[str, torch.Tensor]]:
+    """The loss (nats per sample) and every parameter's gradient on `batch()`."""
     audio, mel = batch()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    out = []
+    model.zero_grad(set_to_none=True)
+    loss = -model(audio, mel, memory=memory).sum() / audio.numel()
+    loss.backward()
+    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def steps_and_grads(ref: WaveGlow, model: WaveGlow, memory: str, steps: int = 3) -> tuple[list, list]:
+    """Loss and gradients of `ref` and `model` at `steps` successive weights: Adam steps of
+    `ref`, each copied into `model` (compared on the same weights: two separate trajectories
+    would drift apart through Adam's normalization of float-rounding differences; the copy
+    also checks that the compiled graphs read the current weights)."""
+    optimizer = torch.optim.Adam(ref.parameters(), lr=1e-3)
+    out_ref, out = [], []
     for _ in range(steps):
-        optimizer.zero_grad(set_to_none=True)
-        loss = -model(audio, mel, memory=memory).sum() / audio.numel()
-        loss.backward()
-        out.append((loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+        model.load_state_dict(ref.state_dict())
+        out_ref.append(loss_and_grads(ref, memory))
+        out.append(loss_and_grads(model, memory))
         optimizer.step()
-    return out
+    return out_ref, out
 
 
 def assert_same_steps(ref, got) -> None:
@@ -112,12 +122,25 @@ def test_the_setting_is_validated_and_off_by_default(tmp_path):
         train(make_cfg(tmp_path / "no-corpus", tmp_path / "run", "train.compile=sometimes"))
 
 
+def test_no_cpp_compiler_is_one_user_error_before_training(corpus, tmp_path, monkeypatch):
+    from torch._inductor import cpp_builder
+
+    def missing() -> str:
+        raise RuntimeError("no working C++ compiler found in ('g++',)")
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", missing)
+    with pytest.raises(UserError, match=r"^train\.compile=true: torch\.compile \(inductor\) on the CPU needs a C\+\+ "
+                       r"compiler .*use train\.compile=false$"):
+        train(make_cfg(corpus, tmp_path / "run", "train.max_steps=1", "train.compile=true"))
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before anything was written
+
+
 @pytest.mark.parametrize("memory", ["standard", "invertible"])
 def test_compiled_in_place_same_keys_same_steps_with_the_eager_backend(memory, single_thread):
     ref, model = small_model(), small_model()
     assert compile_conditioners(model, backend="eager") == 4  # one per flow
     assert list(model.state_dict()) == list(ref.state_dict())
-    assert_same_steps(steps_and_grads(ref, memory), steps_and_grads(model, memory))
+    assert_same_steps(*steps_and_grads(ref, model, memory))
 
 
 def test_compiled_run_checkpoints_and_resumes_either_way(corpus, tmp_path, caplog):
@@ -160,7 +183,7 @@ def test_compiled_run_checkpoints_and_resumes_either_way(corpus, tmp_path, caplo
 def test_inductor_compiled_conditioners_match_uncompiled_steps(memory, single_thread):
     ref, model = small_model(), small_model()
     compile_conditioners(model)  # inductor: generated C++
-    assert_same_steps(steps_and_grads(ref, memory), steps_and_grads(model, memory))
+    assert_same_steps(*steps_and_grads(ref, model, memory))
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from waveglow.conditioner import WN
+from waveglow.errors import UserError
 
 # What torch.compile uses by default (inductor: generated C++ on the CPU, Triton on CUDA).
 DEFAULT_BACKEND = "inductor"
@@ -49,6 +50,28 @@ def compile_conditioners(model: nn.Module, backend: Backend = DEFAULT_BACKEND) -
             module.compile(backend=backend)
             count += 1
     return count
+
+
+def check_backend(backend: Backend, device: torch.device) -> None:
+    """Refuse `train.compile=true` up front where inductor cannot compile: on the CPU it
+    generates C++ and needs a C++ compiler (otherwise the first step would fail with a long
+    traceback after data loading and validation).
+
+    Raises:
+        UserError: inductor on the CPU and no C++ compiler found.
+    """
+    if backend != "inductor" or device.type != "cpu":
+        return
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+    except ImportError:  # pragma: no cover - moved in another torch version: let compile say
+        return
+    try:
+        get_cpp_compiler()
+    except Exception as e:  # inductor's InvalidCxxCompiler (or an unusable one)
+        reason = " ".join(str(e).split())[:160]
+        raise UserError(f"train.compile=true: torch.compile (inductor) on the CPU needs a C++ compiler and found "
+                        f"none usable ({reason}); install g++ or use train.compile=false") from None
 
 
 @contextlib.contextmanager

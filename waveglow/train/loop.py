@@ -27,7 +27,14 @@ from waveglow.errors import UserError
 from waveglow.fileio import write_text_atomic
 from waveglow.runtime import precision_name, resolve_precision, seed_everything
 from waveglow.train.checkpoints import Checkpointer, WriteFn
-from waveglow.train.compile import DEFAULT_BACKEND, Backend, compile_conditioners, compiled, eager
+from waveglow.train.compile import (
+    DEFAULT_BACKEND,
+    Backend,
+    check_backend,
+    compile_conditioners,
+    compiled,
+    eager,
+)
 from waveglow.train.distributed import DistContext
 from waveglow.train.guard import Guard
 from waveglow.train.lock import RunDirLock
@@ -132,6 +139,7 @@ class Trainer:
         # stay the same, so resume and fine-tuning start work as without compilation.
         self.compiled = bool(self.tcfg.compile)
         if self.compiled:
+            check_backend(self.hooks.compile_backend, self.device)
             compile_conditioners(self.model, backend=self.hooks.compile_backend)
         self.multiple = segment_multiple(self.model)
         self.segment_length = training_segment_length(int(self.cfg.data.segment_length), self.multiple)
