@@ -25,8 +25,8 @@ exit with 143/130; SIGKILL loses at most the steps since the last checkpoint (wr
 Modules: `loop` (Trainer, train: the policy), `step` (one optimizer step over its micro-batches,
 also timed by the benchmark), `checkpoints` (save, resume, fine-tuning start), `guard`
 (divergence), `distributed` (the process group), `lock` (one run per run directory),
-`numerics` (global flags, restored on close), `sampling` (data order and per-example seeds),
-`validation`, `quality` (resynthesis distances, Griffin-Lim reference), `progress` (log lines
+`numerics` (global flags, restored on close), `compile` (`train.compile`: compiled conditioners),
+`sampling` (data order and per-example seeds), `validation`, `quality` (resynthesis distances, Griffin-Lim reference), `progress` (log lines
 by steps and by time, the slow-CPU warning, metrics.jsonl), `monitor` (TensorBoard), `state`.
 See docs/training.md.
 """
