@@ -109,8 +109,10 @@ tensorboard: install ## serve the training curves of every run under checkpoints
 bench: install ## speed table (kHz, real-time factor, % of machine peak) for tiny, squeeze and waveglow_256
 	$(BIN)/waveglow-bench $(ARGS)
 
+# GPU_CHECKS: a subset of the checks, e.g. make gpu-check GPU_CHECKS=train,compile (compiled vs eager training).
+GPU_CHECKS ?=
 gpu-check: install ## everything CUDA in one run: CUDA tests, fp16/bf16 training, synthesis kHz + SNR, bench (< 8 min on one GPU)
-	$(PY) scripts/gpu_check.py
+	$(PY) scripts/gpu_check.py $(if $(GPU_CHECKS),--checks $(GPU_CHECKS))
 
 # make eval: the demo run's best checkpoint on the demo corpus's test split unless told otherwise.
 EVAL_CKPT = $(if $(CKPT),$(CKPT),checkpoints/demo-tiny/checkpoints/best.pt)
