@@ -12,7 +12,7 @@ import torch
 
 from waveglow.errors import UserError
 from waveglow.inference.enhance import EnhanceResult
-from waveglow.inference.repair_eval import KINDS, damage, measure, split_clips
+from waveglow.inference.repair_eval import KINDS, damage, measure, split_clips, summarize_runs
 
 SR = 22050
 
@@ -97,3 +97,22 @@ def test_measure_passes_the_seed_and_split(tmp_path: Path) -> None:
     n = quiet_clip().numel()
     assert starts[1][("t1", "click5")] == [int(f * n) for f in (0.25, 0.5, 0.75)]
     assert all(starts[1][key] != starts[2][key] for key in starts[1])
+
+
+def test_summarize_runs_names_the_defects_no_gate_passes() -> None:
+    def run(copy: str, c0: int, n: int, db: float, defect: bool, edge: bool = False) -> dict:
+        return {"clip": "c", "copy": copy, "span": [c0 - 8, c0 + n + 8], "frames": n > 32, "run": [c0, c0 + n],
+                "samples": n, "contrast_db": db, "silence_edge": edge, "defect": defect,
+                "gate_db": 20.0 if n <= 32 else 12.0}
+    doc = {"runs": [run("click1", 100, 1, 31.0, True), run("click1", 900, 2, 17.5, False),
+                    run("clean", 900, 2, 17.5, False),  # the same speech run in another copy: counted once
+                    run("burst20ms", 2000, 300, 9.2, True), run("burst20ms", 5000, 441, 25.0, True, edge=True)],
+           "defects": [{"clip": "c", "kind": "click1", "span": [100, 101], "flagged": True},
+                       {"clip": "c", "kind": "burst20ms", "span": [1990, 2431], "flagged": True},
+                       {"clip": "c", "kind": "burst20ms", "span": [5000, 5441], "flagged": True}]}
+    lines = summarize_runs(doc).splitlines()
+    assert lines[0] == "click gate 20 dB: defect runs 1 (lowest [31.0]), speech runs 1 (highest [17.5])"
+    assert lines[1] == "burst gate 12 dB: defect runs 1 (lowest [9.2]), speech runs 0 (highest [])"
+    assert lines[2] == "silence-edge runs (left as they are): 1, on a defect 1"
+    assert lines[3:] == ["  flagged, no run passes: c burst20ms at 1990 samples: 300 samples +9.20 dB",
+                         "  flagged, no run passes: c burst20ms at 5000 samples: 441 samples +25.00 dB (silence edge)"]

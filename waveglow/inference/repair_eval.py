@@ -30,7 +30,14 @@ import soundfile as sf
 import torch
 
 from waveglow.errors import UserError
-from waveglow.inference.enhance import Enhancer, quantize
+from waveglow.inference.clicks import at_silence_edge, outlier_runs, residual_contrast_db
+from waveglow.inference.enhance import (
+    MAX_CLICK,
+    MIN_BURST_CONTRAST_DB,
+    MIN_CLICK_CONTRAST_DB,
+    Enhancer,
+    quantize,
+)
 
 KINDS = ("click1", "click5", "burst20ms")
 
@@ -183,6 +190,69 @@ def measure(enhancer: Enhancer, corpus: Path, clips: list[str] | None = None, se
                 })
     return {"clips": ids, "seed": seed, "flagged": flagged, "repaired": repaired, "regions": rows,
             "false_positives_damaged": false_pos, "false_positives_clean": clean_fp, "left_clean": clean_left}
+
+
+def candidate_runs(enhancer: Enhancer, corpus: Path, clips: list[str] | None = None, seed: int = 1) -> dict:
+    """The first round's candidates of every copy `measure` enhances (the clean clip and its three
+    damaged copies): each flagged span's runs of damaged samples (`clicks.outlier_runs`) with their
+    residual contrast (`clicks.residual_contrast_db`), whether they begin or end sound at digital
+    silence (left as they are), whether they overlap a defect, and the gate they face (clicks up to
+    MAX_CLICK samples, bursts longer). Later rounds (after the first round's repairs) are not
+    included. This shows how far the gates are from the runs on each side of them.
+
+    Returns:
+        {"clips", "seed", "runs": [{"clip", "copy" ("clean" or a kind), "span": [s0, s1],
+        "frames" (a frame region, else a click span), "run": [c0, c1], "samples", "contrast_db",
+        "silence_edge", "defect", "gate_db"}], "defects": [{"clip", "kind", "span", "flagged"}]}.
+    """
+    sr = enhancer.synth.sampling_rate
+    ids = clips or split_clips(corpus, "val+test")
+    runs, defects = [], []
+    for index, clip in enumerate(ids):
+        clean = torch.from_numpy(sf.read(corpus / "wavs" / f"{clip}.wav", dtype="float32")[0])
+        copies = [("clean", clean, [])] + [
+            (kind, *damage(clean, kind, sr, seed, salt=len(KINDS) * index + KINDS.index(kind))) for kind in KINDS]
+        for copy, x, spans in copies:
+            score, _, clicks = enhancer.score(x, clip)
+            plan = enhancer.plan(score, clicks, x.numel())
+            for s0, s1, frames in plan:
+                for c0, c1 in outlier_runs(x, s0, s1):
+                    runs.append({
+                        "clip": clip, "copy": copy, "span": [s0, s1], "frames": frames, "run": [c0, c1],
+                        "samples": c1 - c0, "contrast_db": round(residual_contrast_db(x, s0, s1, c0, c1), 2),
+                        "silence_edge": at_silence_edge(x, c0, c1),
+                        "defect": any(c0 < b and a < c1 for a, b in spans),
+                        "gate_db": MIN_CLICK_CONTRAST_DB if c1 - c0 <= MAX_CLICK else MIN_BURST_CONTRAST_DB})
+            defects += [{"clip": clip, "kind": copy, "span": [a, b],
+                         "flagged": any(s0 < b and a < s1 for s0, s1, _ in plan)} for a, b in spans]
+    return {"clips": ids, "seed": seed, "runs": runs, "defects": defects}
+
+
+def summarize_runs(doc: dict) -> str:
+    """Per gate: the lowest runs on a defect of its kind (clicks for the click gate, bursts for the
+    burst gate) and the highest runs on no defect (speech; one run found in several copies of a
+    clip counted once), silence-edge runs apart; then the first-round flagged defects with no run
+    that passes."""
+    lines = []
+    for name, gate_of, kinds in (("click gate", MIN_CLICK_CONTRAST_DB, ("click1", "click5")),
+                                 ("burst gate", MIN_BURST_CONTRAST_DB, ("burst20ms",))):
+        rs = [r for r in doc["runs"] if r["gate_db"] == gate_of and not r["silence_edge"]]
+        hit = sorted(r["contrast_db"] for r in rs if r["defect"] and r["copy"] in kinds)
+        miss = sorted({(r["clip"], *r["run"], r["contrast_db"]) for r in rs if not r["defect"]}, key=lambda t: t[-1])
+        miss = [t[-1] for t in miss]
+        lines.append(f"{name} {gate_of:g} dB: defect runs {len(hit)} (lowest {hit[:3]}), speech runs {len(miss)} "
+                     f"(highest {miss[-3:][::-1]})")
+    edge = [r for r in doc["runs"] if r["silence_edge"]]
+    lines.append(f"silence-edge runs (left as they are): {len(edge)}, on a defect {sum(r['defect'] for r in edge)}")
+    for d in doc["defects"]:
+        a, b = d["span"]
+        rs = [r for r in doc["runs"] if r["clip"] == d["clip"] and r["copy"] == d["kind"]
+              and r["run"][0] < b and a < r["run"][1]]
+        if d["flagged"] and not any(not r["silence_edge"] and r["contrast_db"] >= r["gate_db"] for r in rs):
+            lines.append(f"  flagged, no run passes: {d['clip']} {d['kind']} at {a} samples: " + (", ".join(
+                f"{r['samples']} samples {r['contrast_db']:+.2f} dB" + (" (silence edge)" if r["silence_edge"] else "")
+                for r in rs) or "no run stands out"))
+    return "\n".join(lines)
 
 
 def within(rows: list[dict], key: str, db_limit: float = 1.0) -> int:
