@@ -321,6 +321,23 @@ def test_click_in_digital_silence_is_repaired_as_a_click(enhancer):
     assert [(r.c0, r.c1) for r in done] == [(at, at + 5)]
 
 
+def test_click_cut_by_the_span_end_is_repaired_whole(enhancer):
+    """A 5-sample click whose last sample lies beyond the flagged span (seen on held-out clips:
+    four samples filled, the fifth used as clean context and left at 0.9): all five samples are
+    found and interpolated, and the repair ends closer to the clean signal than the damage."""
+    n, at = 8192, 4000
+    clean = quantize(voiced(n), "PCM_16")
+    bad = clean.clone()
+    bad[at: at + 5] = 0.9 * torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0])
+    s0, s1 = 3800, at + 4  # the span ends one sample short of the click's end
+    fixed = enhancer.repair_span(bad, enhancer.mel_fn(bad), s0, s1, "k", frames=True)
+    assert fixed is not None
+    out, done = fixed
+    assert [(r.c0, r.c1) for r in done] == [(at, at + 5)]
+    err = (out[at: at + 5] - clean[at: at + 5]).abs().max()
+    assert err < 0.05 * (bad[at: at + 5] - clean[at: at + 5]).abs().max(), (out[at: at + 5], clean[at: at + 5])
+
+
 def test_burst_over_louder_speech_keeps_the_speech():
     """A 20 ms noise burst over speech 2.5 dB louder than on either side of it (what the mel
     frames' sides under-estimated): capped at the short-time spectrum right next to it, the
