@@ -53,8 +53,8 @@ from torch import Tensor, nn
 from waveglow.fused_ops import gated_tanh_sigmoid
 
 # Whether the bf16 reformulations of the inference path (`_dilated_as_matmul`, the float32
-# gate) may run; `autograd_numerics()` turns them off. The fp32 ones change results only by
-# float32 rounding and always run.
+# gate) and its oneDNN 1×1 product may run; `autograd_numerics()` turns them off. The other
+# fp32 ones change results only by float32 rounding and always run.
 _LOW_PRECISION_FAST_PATHS: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "waveglow_low_precision_fast_paths", default=True)
 
@@ -67,6 +67,7 @@ def autograd_numerics() -> Iterator[None]:
     Invertible backprop runs its forward walk without autograd and recomputes each coupling's
     shift and scale with autograd in the backward pass, to invert the coupling: the two must
     agree, or the difference (bf16 rounding, ~4e-3 relative) shows up as reconstruction error.
+    The 1×1 convs run as `baddbmm` there too, as with autograd.
     """
     token = _LOW_PRECISION_FAST_PATHS.set(False)
     try:
@@ -123,7 +124,7 @@ def _onednn_linear_available() -> bool:
 def pointwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """A 1×1 convolution as one matrix product per batch item.
 
-    fp32 on CPU without autograd (synthesis): oneDNN's matmul, called per batch item as
+    fp32 on CPU without autograd (synthesis; not inside `autograd_numerics()`): oneDNN's matmul, called per batch item as
     `_linear_pointwise(W, x_b.t())` = `W @ x_b` (the activation is passed as the "weight"
     operand, so its [C_in, N] layout is used as is and the result comes out [C_out, N]). torch's
     own fp32 `bmm`/`baddbmm` run MKL, which takes its AVX2 code path on AMD CPUs: 40-55 GMAC/s
@@ -148,6 +149,10 @@ def pointwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     if (x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32
             and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
             and not torch.compiler.is_compiling()  # inductor cannot lower this call; it picks its own product
+            # Not in invertible backprop's forward walk: there the weights are new every step
+            # and oneDNN's product ran at ~0.4 GMAC/s on squeeze's shapes (10 s of an 11 s
+            # step); `baddbmm` is also what the walk's autograd recompute uses.
+            and _LOW_PRECISION_FAST_PATHS.get()
             and _onednn_linear_available()):
         op = torch.ops.mkldnn._linear_pointwise
         ys = [op(w, x[b].t(), None, "none", [], "") for b in range(B)]  # each [C_out, N]

@@ -218,3 +218,21 @@ def test_each_1x1_weight_is_inverted_once_per_optimizer_step(monkeypatch, grad_a
     assert moved > 1e-3  # the steps really changed the weights
     worst = max((weights["invertible"][k] - v).abs().max().item() for k, v in weights["standard"].items())
     assert worst < 1e-10, worst
+
+
+def test_forward_walk_uses_the_autograd_products_for_1x1_convs(monkeypatch):
+    """Invertible backprop's forward walk (no autograd, inside `autograd_numerics()`) runs the
+    1×1 convs as the autograd recompute does (`baddbmm`), never oneDNN's inference product: with
+    weights new every step that product cost 10 s of squeeze's 11 s invertible step."""
+    from waveglow import conditioner
+
+    calls = []
+    monkeypatch.setattr(conditioner, "_onednn_linear_available", lambda: calls.append(1) or False)
+    x, w, b = torch.randn(2, 8, 5), torch.randn(6, 8, 1), torch.randn(6)
+    expected = torch.baddbmm(b.view(1, -1, 1), w.squeeze(-1).expand(2, 6, 8), x)
+    with torch.no_grad(), conditioner.autograd_numerics():
+        inside = conditioner.pointwise_conv(x, w, b)
+    assert calls == [] and torch.equal(inside, expected)
+    with torch.no_grad():
+        conditioner.pointwise_conv(x, w, b)
+    assert calls == [1]  # synthesis still asks for oneDNN's product
