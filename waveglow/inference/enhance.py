@@ -60,7 +60,7 @@ from waveglow.inference.clicks import (
     ar_fill,
     at_silence_edge,
     click_spans,
-    outlier_runs,
+    outlier_runs_past_edges,
     residual_contrast_db,
 )
 from waveglow.inference.convert import (
@@ -113,9 +113,6 @@ GUARD_PAD = 16
 # 20 ms bursts 8.8-48 dB, the longer runs found in clean speech (onsets) at most 10.5 dB.
 MIN_CLICK_CONTRAST_DB = 20.0
 MIN_BURST_CONTRAST_DB = 12.0
-# A run of damaged samples ending within this many samples of a flagged span's edge may go on
-# past it (`Enhancer.repair_span` then searches beyond that edge).
-EDGE_SLACK = 2
 # A burst's fill is scaled to the rms of this much audio (ms) on each side beyond its crossfade.
 LEVEL_REACH_MS = 10.0
 
@@ -279,20 +276,7 @@ class Enhancer:
             None when the span is left as it is (no run stands out from the speech around it).
         """
         T, out, done = audio.numel(), audio, []
-        a0, a1 = s0, s1
-        runs = outlier_runs(audio, s0, s1)
-        # A click that reaches the span's edge may go on past it: a 5-sample click starting in
-        # the span's last samples was filled as four, its fifth sample used as clean context and
-        # left at 0.9. The search then reaches MAX_CLICK samples beyond that edge (only then:
-        # widened everywhere, it merged speech transients next to clicks into longer runs; and
-        # not for bursts, whose fill already reaches BURST_PAD samples beyond their run).
-        edge = min(MAX_CLICK, self.margin)
-        if runs and runs[0][0] <= s0 + EDGE_SLACK and runs[0][1] - runs[0][0] <= MAX_CLICK:
-            a0 = max(0, s0 - edge)
-        if runs and runs[-1][1] >= s1 - EDGE_SLACK and runs[-1][1] - runs[-1][0] <= MAX_CLICK:
-            a1 = min(T, s1 + edge)
-        if (a0, a1) != (s0, s1):
-            runs = outlier_runs(audio, a0, a1)
+        runs, a0, a1 = outlier_runs_past_edges(audio, s0, s1, edge=min(MAX_CLICK, self.margin), max_short=MAX_CLICK)
         runs = [(c0, c1) for c0, c1 in runs
                 if not at_silence_edge(audio, c0, c1) and residual_contrast_db(audio, a0, a1, c0, c1)
                 >= (MIN_CLICK_CONTRAST_DB if c1 - c0 <= MAX_CLICK else MIN_BURST_CONTRAST_DB)]
