@@ -21,17 +21,14 @@ from synth_helpers import tiny_config
 from waveglow.checkpoint import build_checkpoint, build_model, save_checkpoint
 from waveglow.inference import Synthesizer
 from waveglow.inference.clicks import (
+    MIN_BURST_CONTRAST_DB,
+    MIN_CLICK_CONTRAST_DB,
     ar_fill,
     at_silence_edge,
     outlier_runs,
     residual_contrast_db,
 )
-from waveglow.inference.enhance import (
-    MIN_BURST_CONTRAST_DB,
-    MIN_CLICK_CONTRAST_DB,
-    Enhancer,
-    quantize,
-)
+from waveglow.inference.enhance import Enhancer, quantize
 from waveglow.inference.repair import attenuate_to_neighbours
 from waveglow.inference.repair_eval import KINDS, measure, summarize
 from waveglow.mel import MelSpectrogram

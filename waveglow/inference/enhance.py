@@ -17,9 +17,9 @@ The loop, per recording, up to `max_iters` rounds:
 
     a. locate the damage inside it: the samples that an AR (linear-prediction) model of the
        audio on both sides predicts badly from both directions, grouped into runs
-       (`clicks.outlier_runs`); a run is repaired only where its prediction residual stands
-       above the louder side's by MIN_CLICK_CONTRAST_DB (a click) or MIN_BURST_CONTRAST_DB
-       (`clicks.residual_contrast_db`): improbable clean speech (an onset, a glottal pulse) is
+       (`clicks.outlier_runs_past_edges`); a run is repaired only where its prediction residual
+       stands above the louder side's by `clicks.gate_db` (a click's or a burst's threshold;
+       `clicks.residual_contrast_db`): improbable clean speech (an onset, a glottal pulse) is
        predicted about as well as its surroundings, added noise is not. A run that begins or
        ends sound at digital silence (`clicks.at_silence_edge`) is an onset or offset, not
        damage. A span with no run left is left as it is;
@@ -57,9 +57,11 @@ from waveglow.config import EnhanceApp
 from waveglow.errors import UserError
 from waveglow.inference.checks import check_settings
 from waveglow.inference.clicks import (
+    MAX_CLICK,
     ar_fill,
     at_silence_edge,
     click_spans,
+    gate_db,
     outlier_runs_past_edges,
     residual_contrast_db,
 )
@@ -100,19 +102,10 @@ from waveglow.inference.synthesizer import Synthesizer
 
 # Click spans (`clicks.click_spans`): samples added on each side of a suspect window.
 CLICK_PAD = 8
-# The longest run of damaged samples repaired by AR interpolation (longer: a burst).
-MAX_CLICK = 32
 # Samples added on each side of a burst's located samples before its fill.
 BURST_PAD = 16
 # The guard: ℓ_t is compared over the changed samples and this many on each side.
 GUARD_PAD = 16
-# A run of damaged samples is repaired only where its AR prediction residual stands this far (dB)
-# above the louder side's (`clicks.residual_contrast_db`). Measured on the held-out demo clips
-# with the 300- and 1000-step demo-recipe models (docs/enhance_convert.md): injected ±0.9 clicks
-# 30-90 dB, the runs of at most 32 samples found in clean speech at most 15.3 dB; injected
-# 20 ms bursts 8.8-48 dB, the longer runs found in clean speech (onsets) at most 10.5 dB.
-MIN_CLICK_CONTRAST_DB = 20.0
-MIN_BURST_CONTRAST_DB = 12.0
 # A burst's fill is scaled to the rms of this much audio (ms) on each side beyond its crossfade.
 LEVEL_REACH_MS = 10.0
 
@@ -276,10 +269,9 @@ class Enhancer:
             None when the span is left as it is (no run stands out from the speech around it).
         """
         T, out, done = audio.numel(), audio, []
-        runs, a0, a1 = outlier_runs_past_edges(audio, s0, s1, edge=min(MAX_CLICK, self.margin), max_short=MAX_CLICK)
+        runs, a0, a1 = self.find_runs(audio, s0, s1)
         runs = [(c0, c1) for c0, c1 in runs
-                if not at_silence_edge(audio, c0, c1) and residual_contrast_db(audio, a0, a1, c0, c1)
-                >= (MIN_CLICK_CONTRAST_DB if c1 - c0 <= MAX_CLICK else MIN_BURST_CONTRAST_DB)]
+                if not at_silence_edge(audio, c0, c1) and residual_contrast_db(audio, a0, a1, c0, c1) >= gate_db(c0, c1)]
         for c0, c1 in runs:
             if c1 - c0 <= MAX_CLICK:
                 out = ar_fill(out, c0, c1)
@@ -296,6 +288,12 @@ class Enhancer:
                 out = self.envelope_fill(out, b0, b1)
                 done.append(_Repair(s0, s1, b0, b1, max(0, b0 - M), min(T, b1 + M)))
         return (out, done) if done else None
+
+    def find_runs(self, audio: Tensor, s0: int, s1: int) -> tuple[list[tuple[int, int]], int, int]:
+        """The runs of damaged samples in a flagged span [s0, s1) of `audio` [T] and the span
+        [a0, a1) they were searched in (`clicks.outlier_runs_past_edges`: past an edge that a
+        click reaches, by at most the crossfade margin)."""
+        return outlier_runs_past_edges(audio, s0, s1, edge=min(MAX_CLICK, self.margin), max_short=MAX_CLICK)
 
     def envelope_fill(self, audio: Tensor, b0: int, b1: int) -> Tensor:
         """[b0, b1) of `audio` [T] with the excess short-time spectrum removed

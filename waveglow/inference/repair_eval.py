@@ -30,14 +30,14 @@ import soundfile as sf
 import torch
 
 from waveglow.errors import UserError
-from waveglow.inference.clicks import at_silence_edge, outlier_runs, residual_contrast_db
-from waveglow.inference.enhance import (
-    MAX_CLICK,
+from waveglow.inference.clicks import (
     MIN_BURST_CONTRAST_DB,
     MIN_CLICK_CONTRAST_DB,
-    Enhancer,
-    quantize,
+    at_silence_edge,
+    gate_db,
+    residual_contrast_db,
 )
+from waveglow.inference.enhance import Enhancer, quantize
 
 KINDS = ("click1", "click5", "burst20ms")
 
@@ -128,6 +128,16 @@ def level_stretch(c0: int, c1: int, n: int, min_len: int = LEVEL_MIN) -> tuple[i
     return max(0, min(a, b - min_len)), b
 
 
+def load_clip(corpus: Path, clip: str) -> torch.Tensor:
+    """A corpus clip [T] (float32) from its wavs/ folder."""
+    return torch.from_numpy(sf.read(corpus / "wavs" / f"{clip}.wav", dtype="float32")[0])
+
+
+def damage_salt(index: int, kind: str) -> int:
+    """The `damage` salt of the `index`-th clip's copy with `kind`: each clip and kind its own draw."""
+    return len(KINDS) * index + KINDS.index(kind)
+
+
 def split_clips(corpus: Path, split: str) -> list[str]:
     """The clip ids of `split` ("val+test" or "train"; "+" joins split files) of a corpus."""
     ids = []
@@ -157,12 +167,12 @@ def measure(enhancer: Enhancer, corpus: Path, clips: list[str] | None = None, se
     rows, false_pos, clean_fp, clean_left = [], [], [], []
     ref = int(AROUND_S * sr)
     for index, clip in enumerate(ids):
-        clean = torch.from_numpy(sf.read(corpus / "wavs" / f"{clip}.wav", dtype="float32")[0])
+        clean = load_clip(corpus, clip)
         res = enhancer.enhance_audio(clean, clip, subtype="PCM_16")
         clean_fp += [(clip, r.start_s, r.end_s) for r in res.regions]
         clean_left += [(clip, a, b) for a, b in res.left]
         for kind in KINDS:
-            bad, defects = damage(clean, kind, sr, seed, salt=len(KINDS) * index + KINDS.index(kind))
+            bad, defects = damage(clean, kind, sr, seed, salt=damage_salt(index, kind))
             res = enhancer.enhance_audio(bad, f"{clip}:{kind}", subtype="PCM_16")
             regions = regions_of(res, bad)
             spans = [(s0, s1) for s0, s1, _, _ in regions] + [(round(a * sr), round(b * sr)) for a, b in res.left]
@@ -194,7 +204,7 @@ def measure(enhancer: Enhancer, corpus: Path, clips: list[str] | None = None, se
 
 def candidate_runs(enhancer: Enhancer, corpus: Path, clips: list[str] | None = None, seed: int = 1) -> dict:
     """The first round's candidates of every copy `measure` enhances (the clean clip and its three
-    damaged copies): each flagged span's runs of damaged samples (`clicks.outlier_runs`) with their
+    damaged copies): each flagged span's runs of damaged samples (`Enhancer.find_runs`, as the repair) with their
     residual contrast (`clicks.residual_contrast_db`), whether they begin or end sound at digital
     silence (left as they are), whether they overlap a defect, and the gate they face (clicks up to
     MAX_CLICK samples, bursts longer). Later rounds (after the first round's repairs) are not
@@ -209,20 +219,20 @@ def candidate_runs(enhancer: Enhancer, corpus: Path, clips: list[str] | None = N
     ids = clips or split_clips(corpus, "val+test")
     runs, defects = [], []
     for index, clip in enumerate(ids):
-        clean = torch.from_numpy(sf.read(corpus / "wavs" / f"{clip}.wav", dtype="float32")[0])
-        copies = [("clean", clean, [])] + [
-            (kind, *damage(clean, kind, sr, seed, salt=len(KINDS) * index + KINDS.index(kind))) for kind in KINDS]
+        clean = load_clip(corpus, clip)
+        copies = [("clean", clean, [])] + [(kind, *damage(clean, kind, sr, seed, salt=damage_salt(index, kind)))
+                                           for kind in KINDS]
         for copy, x, spans in copies:
             score, _, clicks = enhancer.score(x, clip)
             plan = enhancer.plan(score, clicks, x.numel())
             for s0, s1, frames in plan:
-                for c0, c1 in outlier_runs(x, s0, s1):
+                found, a0, a1 = enhancer.find_runs(x, s0, s1)
+                for c0, c1 in found:
                     runs.append({
                         "clip": clip, "copy": copy, "span": [s0, s1], "frames": frames, "run": [c0, c1],
-                        "samples": c1 - c0, "contrast_db": round(residual_contrast_db(x, s0, s1, c0, c1), 2),
+                        "samples": c1 - c0, "contrast_db": round(residual_contrast_db(x, a0, a1, c0, c1), 2),
                         "silence_edge": at_silence_edge(x, c0, c1),
-                        "defect": any(c0 < b and a < c1 for a, b in spans),
-                        "gate_db": MIN_CLICK_CONTRAST_DB if c1 - c0 <= MAX_CLICK else MIN_BURST_CONTRAST_DB})
+                        "defect": any(c0 < b and a < c1 for a, b in spans), "gate_db": gate_db(c0, c1)})
             defects += [{"clip": clip, "kind": copy, "span": [a, b],
                          "flagged": any(s0 < b and a < s1 for s0, s1, _ in plan)} for a, b in spans]
     return {"clips": ids, "seed": seed, "runs": runs, "defects": defects}
