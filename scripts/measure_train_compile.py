@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from waveglow.bench.cases import GRAD_CLIP, _random_mel, resolve_model
+from waveglow.bench.cases import GRAD_CLIP, resolve_model, train_batch
 from waveglow.config import AudioConfig
 from waveglow.errors import UserError
 from waveglow.runtime import resolve_precision
@@ -63,10 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     model_a.train()
     model_b = copy.deepcopy(model_a)
     compile_conditioners(model_b, backend=a.backend)
-    length = a.samples - a.samples % model_cfg.n_group
-    gen = torch.Generator().manual_seed(0)
-    audio = (torch.randn(a.batch, length, generator=gen) * 0.1).clamp(-1, 1)
-    mel = _random_mel(a.batch, audio_cfg.n_mels, 1 + length // audio_cfg.hop_length, 0)
+    audio, mel = train_batch(a.batch, a.samples, model_cfg.n_group, audio_cfg, 0)
+    length = audio.shape[1]
     amp = resolve_precision(a.precision, device)
     steppers = [Stepper(m, torch.optim.Adam(m.parameters(), lr=1e-4), device=device, amp_dtype=amp,
                         grad_clip=GRAD_CLIP, memory=a.memory) for m in (model_a, model_b)]

@@ -142,6 +142,21 @@ def _random_mel(batch: int, n_mels: int, frames: int, seed: int) -> torch.Tensor
     return torch.randn(batch, n_mels, frames, generator=gen) * 1.5 - 6.0
 
 
+def train_batch(batch: int, segment_length: int, n_group: int, audio: AudioConfig, seed: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The synthetic training batch every training measurement steps on (the bench's train case,
+    `profile_train`, scripts/measure_train_compile.py): noise audio and its random log-mel.
+
+    Returns:
+        (audio [batch, L] in [-1, 1], mel [batch, n_mels, 1 + L // hop]), L = segment_length
+        rounded down to a multiple of n_group.
+    """
+    length = segment_length - segment_length % n_group
+    gen = torch.Generator().manual_seed(seed)
+    wave = (torch.randn(batch, length, generator=gen) * 0.1).clamp(-1, 1)
+    return wave, _random_mel(batch, audio.n_mels, 1 + length // audio.hop_length, seed)
+
+
 def _base_row(case: Case) -> dict[str, Any]:
     return empty_row(task=case.task, model=case.model, device=case.device, precision=case.precision,
                      batch=case.batch, repeats=case.repeats, warmup=case.warmup,
@@ -228,10 +243,9 @@ def bench_train(case: Case, peak: Mapping[str, float] | None) -> dict[str, Any]:
     row.update(weights=weights, memory=case.memory, loader_workers=resolve_loader_workers("auto"))
     row["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
     model.to(device).train()
-    length = case.segment_length - case.segment_length % model_cfg.n_group
-    gen = torch.Generator().manual_seed(case.seed)
-    audio_batch = (torch.randn(case.batch, length, generator=gen) * 0.1).clamp(-1, 1).to(device)
-    mel = _random_mel(case.batch, audio.n_mels, 1 + length // hop, case.seed).to(device)
+    audio_batch, mel = train_batch(case.batch, case.segment_length, model_cfg.n_group, audio, case.seed)
+    audio_batch, mel = audio_batch.to(device), mel.to(device)
+    length = audio_batch.shape[1]
     optimizer = torch.optim.Adam(model.parameters(), lr=case.lr)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     stepper = Stepper(model, optimizer, device=device, amp_dtype=amp_dtype, grad_clip=GRAD_CLIP,

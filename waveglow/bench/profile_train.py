@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from waveglow.bench.cases import GRAD_CLIP, _random_mel, resolve_model
+from waveglow.bench.cases import GRAD_CLIP, resolve_model, train_batch
 from waveglow.conditioner import plain_training_ops
 from waveglow.config import AudioConfig
 from waveglow.runtime import resolve_precision
@@ -73,10 +73,7 @@ def profile_step(model_name: str, precision: str, segment_length: int = 16000, b
     device = torch.device("cpu")
     model, model_cfg, audio, _ = resolve_model(model_name, AudioConfig())
     model.train()
-    length = segment_length - segment_length % model_cfg.n_group
-    gen = torch.Generator().manual_seed(0)
-    wave = (torch.randn(batch, length, generator=gen) * 0.1).clamp(-1, 1)
-    mel = _random_mel(batch, audio.n_mels, 1 + length // audio.hop_length, 0)
+    wave, mel = train_batch(batch, segment_length, model_cfg.n_group, audio, 0)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     stepper = Stepper(model, optimizer, device=device, amp_dtype=resolve_precision(precision, device),
                       grad_clip=GRAD_CLIP)
