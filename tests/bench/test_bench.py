@@ -13,7 +13,7 @@ from conftest import REPO, run_cli
 
 from waveglow import bench
 from waveglow import model as model_module
-from waveglow.bench import cases
+from waveglow.bench import cases, timing
 from waveglow.checkpoint import build_checkpoint, build_model, save_checkpoint
 from waveglow.cli.bench import rewrite_argv
 from waveglow.config import ModelConfig, TrainConfig, from_dict, to_dict
@@ -179,6 +179,22 @@ def test_peak_memory_sees_a_region_allocation() -> None:
         del x
     assert mem.peak_mib is not None and mem.start_mib is not None
     assert mem.peak_mib - mem.start_mib > 128
+
+
+def test_machine_peak_kernels_shrink_to_the_time_budget(one_thread: int) -> None:
+    # A budget no kernel fits: both run at their probe sizes; one every kernel fits: as configured.
+    small = bench.measure_machine_peak("cpu", "fp32", matmul_n=512, conv_length=4000, repeats=1,
+                                       max_seconds=1e-9)
+    full = bench.measure_machine_peak("cpu", "fp32", matmul_n=512, conv_length=4000, repeats=1,
+                                      max_seconds=1e3)
+    assert (small["matmul_n"], small["conv_length"]) == (256, 1000)
+    assert (full["matmul_n"], full["conv_length"]) == (512, 4000)
+    for peak in (small, full):
+        assert peak["matmul_gmacs"] > 0 and peak["conv_gmacs"] > 0
+    # At 1 GMAC/s a 1 s budget fits a 1000³ product and 1e9 / (256·512·3) = 2,543 conv steps.
+    assert timing._fit(2048, 256, 1.0, 1e-9, 1.0, 3) == 1000
+    assert timing._fit(16000, 1000, 256 * 512 * 3, 1e-9, 1.0, 1) == 2543
+    assert timing._fit(2048, 256, 1.0, 1e-12, 1.0, 3) == 2048  # fast machine: full size
 
 
 def _check_row(row: dict, task: str) -> None:

@@ -18,7 +18,7 @@ RESULT_KEYS = (
     "task", "model", "device", "precision", "memory", "batch", "audio_seconds", "khz", "rtf",
     "samples_per_sec", "median_s", "min_s", "repeats", "warmup", "peak_mem_mib",
     "gmac_per_audio_second", "achieved_gmacs", "machine_matmul_gmacs", "machine_conv_gmacs",
-    "machine_peak_gmacs", "pct_of_peak", "pct_of_conv_peak", "params_m", "threads", "loader_workers",
+    "machine_matmul_n", "machine_conv_length", "machine_peak_gmacs", "pct_of_peak", "pct_of_conv_peak", "params_m", "threads", "loader_workers",
     "clock", "loadavg_1m",
 )
 
@@ -51,6 +51,10 @@ def fill_peak(row: dict[str, Any], peak: Mapping[str, float] | None) -> None:
         return
     row["machine_matmul_gmacs"] = peak["matmul_gmacs"]
     row["machine_conv_gmacs"] = peak["conv_gmacs"]
+    # The kernels' sizes: smaller than configured where a full-size run would be too slow.
+    for key in ("matmul_n", "conv_length"):
+        if key in peak:
+            row[f"machine_{key}"] = int(peak[key])
     # The best dense throughput this process reached in this dtype is the machine's peak here.
     row["machine_peak_gmacs"] = max(peak["matmul_gmacs"], peak["conv_gmacs"])
     if row.get("achieved_gmacs") is not None:

@@ -116,6 +116,8 @@ class PeakConfig:
     matmul_n: int = setting(2048, "square matmul size of the peak kernel", min=1)
     conv_length: int = setting(16000, "steps of the 256 -> 512 channel conv peak kernel", min=1)
     repeats: int = setting(5, "timed runs of each peak kernel", min=1)
+    max_seconds: float = setting(1.0, "a peak kernel estimated (from a small probe) to run longer "
+                                 "than this per run shrinks to fit", gt=0)
 
 
 @dataclass
