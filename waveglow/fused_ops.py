@@ -4,11 +4,15 @@ Each computes, with autograd on, what the plain composition of torch operators c
 same operators in the same order), while storing less or running fewer kernels:
 
 - `gated_tanh_sigmoid(g)`: tanh(g[:, :C])·sigmoid(g[:, C:]) from the whole [B, 2C, N] gate
-  input. The plain form stores tanh and sigmoid outputs (2 × [B, C, N]) and, in backward,
-  fills and adds two zero [B, 2C, N] tensors (the slices' backward); this one stores only g,
-  recomputes tanh and sigmoid in backward and writes dL/dg's two halves directly. The
-  backward runs the same aten operators as autograd's (`tanh_backward`, `sigmoid_backward`
-  after the product's two multiplications), so the gradient is bit-identical in every dtype.
+  input. It stores what autograd stores, the two activations t = tanh and s = sigmoid
+  (2 × [B, C, N]), but where the plain form's backward fills and adds two zero [B, 2C, N]
+  tensors (the slices' backward), this one writes dL/dg's two halves directly into one
+  [B, 2C, N] tensor. The backward runs the same aten operators as autograd's
+  (`tanh_backward`, `sigmoid_backward` after the product's two multiplications), so the
+  gradient is bit-identical in every dtype. (Storing g instead and recomputing t and s in
+  backward saves the same bytes, but kept every layer's [B, 2C, N] gate input alive in place
+  of two [B, C, N] halves, and glibc's resident peak rose by 240 MiB on a waveglow_256
+  step of 2 × 16,000 samples; docs/performance.md, issue 22.)
 
 The same file's sibling changes live in `WN.forward` (split views instead of per-layer slices).
 Not kept (measured, docs/performance.md, issue 22): the 1×1 convolutions through oneDNN's fp32
@@ -25,21 +29,21 @@ from torch import Tensor
 
 
 class _GatedTanhSigmoid(torch.autograd.Function):
-    """tanh(a)·sigmoid(b) of g = [a; b] (channel halves) storing only g."""
+    """tanh(a)·sigmoid(b) of g = [a; b] (channel halves), its gradient written as one tensor."""
 
     @staticmethod
     def forward(ctx: Any, g: Tensor) -> Tensor:  # type: ignore[override]
         C = g.shape[1] // 2
-        ctx.save_for_backward(g)
-        return torch.tanh(g[:, :C]) * torch.sigmoid(g[:, C:])
+        t = torch.tanh(g[:, :C])  # [B, C, N]
+        s = torch.sigmoid(g[:, C:])  # [B, C, N]
+        ctx.save_for_backward(t, s)
+        return t * s
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tensor:  # type: ignore[override]
-        (g,) = ctx.saved_tensors
-        C = g.shape[1] // 2
-        t = torch.tanh(g[:, :C])
-        s = torch.sigmoid(g[:, C:])
-        out = torch.empty_like(g)
+        t, s = ctx.saved_tensors
+        B, C, N = t.shape
+        out = grad.new_empty(B, 2 * C, N)  # dL/dg: tanh half, then sigmoid half
         # Autograd's own sequence for y = t·s, t = tanh(a), s = sigmoid(b): dL/dt = dL/dy·s,
         # dL/ds = dL/dy·t, then the two activations' backward operators.
         torch.ops.aten.tanh_backward.grad_input(grad * s, t, grad_input=out[:, :C])
@@ -48,7 +52,7 @@ class _GatedTanhSigmoid(torch.autograd.Function):
 
 
 def gated_tanh_sigmoid(g: Tensor) -> Tensor:
-    """WaveNet's gate with a backward that stores only its input.
+    """WaveNet's gate with a backward that writes dL/dg without zero-filled slices.
 
     Args:
         g: [B, 2C, N] gate input (tanh half first, sigmoid half second).
