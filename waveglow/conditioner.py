@@ -35,7 +35,8 @@ is 2·sigmoid(2u) − 1 evaluated in float32.
 Training path (autograd on): the conditioning projection, its bias and each res/skip output are
 `split` rather than sliced per layer (one concatenation in backward instead of zero-filled
 full-size gradients), and the gate is `waveglow.fused_ops.gated_tanh_sigmoid` (its gradient
-written as one tensor). `plain_training_ops()` restores the plain composition, the reference of the tests.
+written as one tensor). `plain_training_ops()` restores the plain composition, the reference of
+the tests.
 """
 
 from __future__ import annotations

@@ -76,6 +76,29 @@ def test_fused_gate_matches_autograd_and_gradcheck():
         assert torch.equal(got, ref) and torch.equal(x2.grad, x1.grad)
 
 
+def _saved_for_backward(wn: WN, plain: bool) -> list[tuple[tuple[int, ...], torch.dtype]]:
+    """Shape and dtype of every distinct tensor a conditioner forward keeps for backward."""
+    seen: dict[tuple[int, int], tuple[tuple[int, ...], torch.dtype]] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        seen[(t.untyped_storage().data_ptr(), t.storage_offset())] = (tuple(t.shape), t.dtype)
+        return t
+
+    a, cond, _ = _inputs()
+    with plain_training_ops() if plain else contextlib.nullcontext(), \
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        wn(a.requires_grad_(), cond.requires_grad_())
+    return sorted(seen.values(), key=str)
+
+
+def test_conditioner_fused_path_keeps_what_the_plain_one_keeps():
+    # The same tensors, not only the same bytes: a gate that kept its [B, 2C, N] input in place
+    # of its two [B, C, N] activations saved as much but raised glibc's resident peak of a
+    # waveglow_256 step by 240 MiB (docs/performance.md, issue 22).
+    wn = _wn()
+    assert _saved_for_backward(wn, plain=False) == _saved_for_backward(wn, plain=True)
+
+
 @pytest.mark.parametrize("depthwise", [False, True], ids=["dense", "depthwise"])
 def test_conditioner_fused_path_matches_the_plain_one_in_fp32(depthwise):
     wn = _wn(depthwise)

@@ -18,7 +18,8 @@ RESULT_KEYS = (
     "task", "model", "device", "precision", "memory", "batch", "audio_seconds", "khz", "rtf",
     "samples_per_sec", "median_s", "min_s", "repeats", "warmup", "peak_mem_mib",
     "gmac_per_audio_second", "achieved_gmacs", "machine_matmul_gmacs", "machine_conv_gmacs",
-    "machine_matmul_n", "machine_conv_length", "machine_peak_gmacs", "pct_of_peak", "pct_of_conv_peak", "params_m", "threads", "loader_workers",
+    "machine_matmul_n", "machine_conv_length", "machine_peak_gmacs", "pct_of_peak",
+    "pct_of_conv_peak", "params_m", "threads", "loader_workers",
     "clock", "loadavg_1m",
 )
 
