@@ -53,9 +53,8 @@ def fill_peak(row: dict[str, Any], peak: Mapping[str, float] | None) -> None:
     row["machine_matmul_gmacs"] = peak["matmul_gmacs"]
     row["machine_conv_gmacs"] = peak["conv_gmacs"]
     # The kernels' sizes: smaller than configured where a full-size run would be too slow.
-    for key in ("matmul_n", "conv_length"):
-        if key in peak:
-            row[f"machine_{key}"] = int(peak[key])
+    row["machine_matmul_n"] = int(peak["matmul_n"])
+    row["machine_conv_length"] = int(peak["conv_length"])
     # The best dense throughput this process reached in this dtype is the machine's peak here.
     row["machine_peak_gmacs"] = max(peak["matmul_gmacs"], peak["conv_gmacs"])
     if row.get("achieved_gmacs") is not None:

@@ -45,14 +45,15 @@ def time_runs(fn: Callable[[], Any], repeats: int, warmup: int, device: torch.de
 
 def _fit(full: int, smallest: int, macs_per_unit: float, seconds_per_mac: float,
          max_seconds: float, power: int) -> int:
-    """The largest size <= `full` whose run is estimated to take at most `max_seconds`.
+    """The largest size <= `full` whose run is estimated to take at most `max_seconds`, and at
+    least `smallest` (the probe's size, <= `full`).
 
     The run's cost is `macs_per_unit · size**power` multiply-accumulates; `seconds_per_mac`
     comes from a probe at a small size.
     """
     fits = (max_seconds / (seconds_per_mac * macs_per_unit)) ** (1.0 / power)
     # (1e9)**(1/3) is 999.9999...: a relative nudge keeps exact roots whole.
-    return max(min(full, smallest), min(full, int(fits * (1 + 1e-9))))
+    return max(smallest, min(full, int(fits * (1 + 1e-9))))
 
 
 def measure_machine_peak(device: str | torch.device = "cpu", precision: str = "fp32",
