@@ -149,7 +149,9 @@ def test_from_config_and_bad_settings() -> None:
     from hydra import compose, initialize_config_dir
 
     from waveglow.cli.common import CONFIG_DIR
+    from waveglow.cli.compose import register_schemas
 
+    register_schemas()  # what every console script does first; the YAMLs' defaults name them
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("waveglow_mel", overrides=["input=x", "output_dir=y"])
     m = MelSpectrogram.from_config(cfg.audio)
