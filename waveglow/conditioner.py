@@ -27,229 +27,34 @@ The conditioning projection's bias is added through the dilated convs' biases in
 its whole output (with and without autograd alike). Inference fast paths (autograd off, e.g.
 `torch.inference_mode`; same results to float rounding, nothing cached from the weights, the
 state_dict untouched): intermediates are updated in place; on CPU in float32 (no autocast) the
-1×1 convs run as oneDNN matmuls (`pointwise_conv`) and depthwise convs as shifted
-multiply-adds (`_depthwise_shifted`); in bf16 (CPU autocast) the dense dilated convs run as one
-matmul over their stacked taps (`_dilated_as_matmul`); on CPU in fp32 and bf16 the gate's tanh
+1×1 convs run as oneDNN matmuls and depthwise convs as shifted
+multiply-adds (`depthwise_shifted`); in bf16 (CPU autocast) the dense dilated convs run as one
+matmul over their stacked taps (the kernels: `waveglow.conv_paths`); on CPU in fp32 and bf16 the gate's tanh
 is 2·sigmoid(2u) − 1 evaluated in float32.
 
 Training path (autograd on): the conditioning projection, its bias and each res/skip output are
 `split` rather than sliced per layer (one concatenation in backward instead of zero-filled
 full-size gradients), and the gate is `waveglow.fused_ops.gated_tanh_sigmoid` (its gradient
-written as one tensor). `plain_training_ops()` restores the plain composition, the reference of
+written as one tensor). `waveglow.fused_ops.plain_training_ops()` restores the plain composition, the reference of
 the tests.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import functools
 import math
-from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from waveglow.fused_ops import gated_tanh_sigmoid
-
-# Whether the bf16 reformulations of the inference path (`_dilated_as_matmul`, the float32
-# gate) and its oneDNN 1×1 product may run; `autograd_numerics()` turns them off. The other
-# fp32 ones change results only by float32 rounding and always run.
-_LOW_PRECISION_FAST_PATHS: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "waveglow_low_precision_fast_paths", default=True)
-
-
-@contextlib.contextmanager
-def autograd_numerics() -> Iterator[None]:
-    """Inside: with autograd off, the conditioner computes in bf16/fp16 what it computes with
-    autograd on (same operators, same roundings), up to float32 rounding.
-
-    Invertible backprop runs its forward walk without autograd and recomputes each coupling's
-    shift and scale with autograd in the backward pass, to invert the coupling: the two must
-    agree, or the difference (bf16 rounding, ~4e-3 relative) shows up as reconstruction error.
-    The 1×1 convs run as `baddbmm` there too, as with autograd.
-    """
-    token = _LOW_PRECISION_FAST_PATHS.set(False)
-    try:
-        yield
-    finally:
-        _LOW_PRECISION_FAST_PATHS.reset(token)
-
-
-# Whether the training-path operators of `waveglow.fused_ops` (and the split views of the
-# conditioning projection) run; `plain_training_ops()` turns them off, for the tests and A/B
-# measurements that compare them with the plain composition of torch operators.
-_FUSED_TRAINING_OPS: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "waveglow_fused_training_ops", default=True)
-
-
-@contextlib.contextmanager
-def plain_training_ops() -> Iterator[None]:
-    """Inside: the conditioner's autograd path uses only plain torch operators (slices of the
-    conditioning projection, tanh·sigmoid with autograd's own backward, `baddbmm` 1×1 convs):
-    the reference the fused training operators are tested and measured against."""
-    token = _FUSED_TRAINING_OPS.set(False)
-    try:
-        yield
-    finally:
-        _FUSED_TRAINING_OPS.reset(token)
-
-
-@functools.cache
-def _onednn_linear_available() -> bool:
-    """Whether `torch.ops.mkldnn._linear_pointwise` exists here and computes `W @ x` correctly.
-
-    It is a private oneDNN op (used by torch's inductor), so its presence and signature are
-    probed once per process on a small product instead of being assumed; the answer depends
-    only on the torch build, so caching it cannot go stale.
-    """
-    try:
-        from torch.utils._python_dispatch import _disable_current_modes
-    except ImportError:  # pragma: no cover - moved in another torch version
-        _disable_current_modes = contextlib.nullcontext  # type: ignore[assignment]
-    try:
-        op = torch.ops.mkldnn._linear_pointwise
-        # Real CPU tensors even if the first use happens under a dispatch mode (a FlopCounterMode
-        # would count the probe, a FakeTensorMode would make it fail and cache a wrong answer).
-        with _disable_current_modes(), torch.no_grad():
-            g = torch.Generator().manual_seed(0)
-            w = torch.randn(5, 3, generator=g, device="cpu")
-            x = torch.randn(3, 7, generator=g, device="cpu")
-            y = op(w, x.t(), None, "none", [], "")
-            return tuple(y.shape) == (5, 7) and torch.allclose(y, w @ x, atol=1e-5, rtol=1e-5)
-    except Exception:  # missing op, changed schema, build without oneDNN: use the fallback
-        return False
-
-
-def pointwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """A 1×1 convolution as one matrix product per batch item.
-
-    fp32 on CPU without autograd (synthesis; not inside `autograd_numerics()`): oneDNN's matmul, called per batch item as
-    `_linear_pointwise(W, x_b.t())` = `W @ x_b` (the activation is passed as the "weight"
-    operand, so its [C_in, N] layout is used as is and the result comes out [C_out, N]). torch's
-    own fp32 `bmm`/`baddbmm` run MKL, which takes its AVX2 code path on AMD CPUs: 40-55 GMAC/s
-    per core against 85-120 for oneDNN's AVX-512 kernels on these shapes (whole waveglow_256
-    synthesis +44%).
-
-    Otherwise (autograd, autocast, other dtypes or devices): `baddbmm` with the weight expanded
-    over the batch, about twice as fast on CPU as `conv1d` or `matmul` (both copy or transpose
-    the activations first; 46 vs 20-22 GMAC/s for the 640 -> 4096 conditioning projection on one
-    core) and as good as anything on CUDA. Under CPU autocast it runs in bf16.
-
-    Args:
-        x: [B, C_in, N].
-        weight: [C_out, C_in, 1].
-        bias: [C_out] or None.
-
-    Returns:
-        [B, C_out, N], in the dtype the product ran in (bf16 under CPU autocast).
-    """
-    B = x.shape[0]
-    w = weight.squeeze(-1)
-    if (x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32
-            and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
-            and not torch.compiler.is_compiling()  # inductor cannot lower this call; it picks its own product
-            # Not in invertible backprop's forward walk: there the weights are new every step
-            # and oneDNN's product ran at ~0.4 GMAC/s on squeeze's shapes (10 s of an 11 s
-            # step); `baddbmm` is also what the walk's autograd recompute uses.
-            and _LOW_PRECISION_FAST_PATHS.get()
-            and _onednn_linear_available()):
-        op = torch.ops.mkldnn._linear_pointwise
-        ys = [op(w, x[b].t(), None, "none", [], "") for b in range(B)]  # each [C_out, N]
-        y = ys[0].unsqueeze(0) if B == 1 else torch.stack(ys)
-        # The op's own bias would be per column of its output (per time step), so the
-        # per-channel bias is added afterwards, in place on the fresh output.
-        return y if bias is None else y.add_(bias.view(1, -1, 1))
-    w = w.expand(B, *w.shape)
-    if bias is None:
-        return torch.bmm(w, x)
-    return torch.baddbmm(bias.view(1, -1, 1), w, x)
-
-
-def _in_dispatch_mode() -> bool:
-    """Whether a TorchDispatchMode (FlopCounterMode, FakeTensorMode, ...) is active.
-
-    Such modes inspect operators: under them the depthwise conv stays one convolution (which
-    they count and understand) instead of k element-wise multiply-adds.
-    """
-    try:
-        from torch.utils._python_dispatch import is_in_torch_dispatch_mode
-    except ImportError:  # pragma: no cover - moved in another torch version
-        return False
-    return is_in_torch_dispatch_mode()
-
-
-def _depthwise_shifted(x: Tensor, weight: Tensor, bias: Tensor | None, dilation: int) -> Tensor:
-    """Depthwise "same" convolution as k shifted multiply-adds (fp32 CPU inference).
-
-    For the `squeeze` configuration's small inputs (128 channels × ~172 steps per second of
-    audio) oneDNN's depthwise kernel is dominated by its per-call overhead: the k vectorized
-    multiply-adds over shifted views run 2-3.5x faster in fp32.
-
-    Args:
-        x: [B, C, N].
-        weight: [C, 1, k], k odd (tap κ reads x[t + (κ - (k-1)/2)·dilation], zeros outside).
-        bias: [C] or None.
-        dilation: tap spacing.
-
-    Returns:
-        [B, C, N].
-    """
-    N = x.shape[2]
-    k = weight.shape[2]
-    c = (k - 1) // 2
-    taps = weight[:, 0, :, None]  # [C, k, 1]
-    y = torch.mul(x, taps[:, c])  # centre tap: [B, C, N]
-    if bias is not None:
-        y.add_(bias[:, None])
-    for kappa in range(k):
-        o = (kappa - c) * dilation
-        if kappa == c or abs(o) >= N:  # a tap that only ever reads the zero padding
-            continue
-        if o > 0:
-            y[:, :, :N - o].addcmul_(x[:, :, o:], taps[:, kappa])
-        else:
-            y[:, :, -o:].addcmul_(x[:, :, :N + o], taps[:, kappa])
-    return y
-
-
-def _dilated_as_matmul(x: Tensor, weight: Tensor, bias: Tensor | None, dilation: int) -> Tensor:
-    """A dense "same" dilated convolution as one matrix product over the stacked taps.
-
-    bf16 CPU inference: oneDNN's bf16 convolution runs at 60-70% of its bf16 matmul speed for
-    dilations 1 and >= 16 (waveglow_256 shapes, one core); stacking the k shifted copies of the
-    input ([B, k·C, N], a small copy) and running one `pointwise_conv` product (oneDNN's bf16
-    matmul under autocast) is 15% faster over the 8 dilations of a WN stack.
-
-    Args:
-        x: [B, C, N].
-        weight: [O, C, k], k odd (tap κ reads x[t + (κ - (k-1)/2)·dilation], zeros outside).
-        bias: [O] or None.
-        dilation: tap spacing.
-
-    Returns:
-        [B, O, N] (bf16 under CPU autocast).
-    """
-    B, C, N = x.shape
-    k = weight.shape[2]
-    c = (k - 1) // 2
-    cols = x.new_empty(B, k, C, N)  # row κ·C + i holds x[i, t + (κ - c)·dilation]
-    for kappa in range(k):
-        o = (kappa - c) * dilation
-        dst = cols[:, kappa]
-        if o == 0:
-            dst.copy_(x)
-        elif abs(o) >= N:
-            dst.zero_()
-        elif o > 0:
-            dst[:, :, :N - o].copy_(x[:, :, o:])
-            dst[:, :, N - o:].zero_()
-        else:
-            dst[:, :, -o:].copy_(x[:, :, :N + o])
-            dst[:, :, :-o].zero_()
-    w = weight.to(x.dtype).permute(0, 2, 1).reshape(weight.shape[0], k * C, 1)
-    return pointwise_conv(cols.view(B, k * C, N), w, bias)
+from waveglow.conv_paths import (
+    depthwise_shifted,
+    dilated_as_matmul,
+    in_dispatch_mode,
+    low_precision_fast_paths,
+    pointwise_conv,
+)
+from waveglow.fused_ops import fused_training_ops, gated_tanh_sigmoid
 
 
 class WNConv1d(nn.Module):
@@ -318,12 +123,12 @@ class WNConv1d(nn.Module):
         if (self.groups == self.in_channels == self.out_channels and x.device.type == "cpu"
                 and x.dtype == torch.float32 and w.dtype == torch.float32
                 and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
-                and not _in_dispatch_mode()):
-            return _depthwise_shifted(x, w, bias, self.dilation)
+                and not in_dispatch_mode()):
+            return depthwise_shifted(x, w, bias, self.dilation)
         if (self.groups == 1 and x.device.type == "cpu" and x.dtype == torch.bfloat16
-                and not torch.is_grad_enabled() and _LOW_PRECISION_FAST_PATHS.get()
-                and not _in_dispatch_mode()):
-            return _dilated_as_matmul(x, w, bias, self.dilation)
+                and not torch.is_grad_enabled() and low_precision_fast_paths()
+                and not in_dispatch_mode()):
+            return dilated_as_matmul(x, w, bias, self.dilation)
         return F.conv1d(x, w, bias, padding=self.padding, dilation=self.dilation,
                         groups=self.groups)
 
@@ -441,7 +246,7 @@ class WN(nn.Module):
         cond_bias = self.cond_layer.bias
         # Under torch.compile (train.compile) always the fused path: dynamo cannot read a
         # ContextVar without breaking the graph, and plain_training_ops() is an eager reference.
-        fused = not inplace and (torch.compiler.is_compiling() or _FUSED_TRAINING_OPS.get())
+        fused = not inplace and (torch.compiler.is_compiling() or fused_training_ops())
         # With autograd, per-layer slices of the projection would each back-propagate as a
         # zero-filled [B, 2·C·L, N] tensor added into the others (L fills and adds of the whole
         # projection per conditioner); `split` back-propagates as one concatenation.
@@ -457,7 +262,7 @@ class WN(nn.Module):
                 g = in_layer.conv(h, in_layer.out_bias + cond_bias[rows])
                 g = g.add_(c_all[:, rows])
             if inplace and g.device.type == "cpu" and (
-                    g.dtype == torch.float32 or g.dtype == torch.bfloat16 and _LOW_PRECISION_FAST_PATHS.get()):
+                    g.dtype == torch.float32 or g.dtype == torch.bfloat16 and low_precision_fast_paths()):
                 # tanh(u) = 2·sigmoid(2u) - 1, in float32: on the CPU the vectorized fp32
                 # sigmoid is ~10x faster than tanh, which made the gate a visible share of
                 # synthesis time. A bf16 gate (CPU autocast) is computed this way in float32

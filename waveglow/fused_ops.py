@@ -22,10 +22,36 @@ matmul in forward and backward (dL/dx = Wᵀ dL/dy, dL/dW = Σ_b dL/dy_b x_bᵀ)
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import Tensor
+
+# Whether the training-path operators of this module (and the split views of the
+# conditioning projection) run; `plain_training_ops()` turns them off, for the tests and A/B
+# measurements that compare them with the plain composition of torch operators.
+_FUSED_TRAINING_OPS: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "waveglow_fused_training_ops", default=True)
+
+
+@contextlib.contextmanager
+def plain_training_ops() -> Iterator[None]:
+    """Inside: the conditioner's autograd path uses only plain torch operators (slices of the
+    conditioning projection, tanh·sigmoid with autograd's own backward, `baddbmm` 1×1 convs):
+    the reference the fused training operators are tested and measured against."""
+    token = _FUSED_TRAINING_OPS.set(False)
+    try:
+        yield
+    finally:
+        _FUSED_TRAINING_OPS.reset(token)
+
+
+def fused_training_ops() -> bool:
+    """Whether the training-path operators run (False inside `plain_training_ops()`)."""
+    return _FUSED_TRAINING_OPS.get()
 
 
 class _GatedTanhSigmoid(torch.autograd.Function):

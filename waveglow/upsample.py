@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from waveglow.conditioner import pointwise_conv
+from waveglow.conv_paths import pointwise_conv
 
 
 class PhaseUpsampler:

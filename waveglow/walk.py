@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from waveglow.conditioner import autograd_numerics
+from waveglow.conv_paths import autograd_numerics
 from waveglow.flows import FlowPart, trainable
 
 

@@ -7,12 +7,11 @@ import torch
 from torch.autograd.functional import jacobian
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from waveglow.conditioner import (
-    WN,
-    WNConv1d,
-    _depthwise_shifted,
-    _dilated_as_matmul,
+from waveglow.conditioner import WN, WNConv1d
+from waveglow.conv_paths import (
     autograd_numerics,
+    depthwise_shifted,
+    dilated_as_matmul,
     pointwise_conv,
 )
 from waveglow.export.graph import _FrozenInverse1x1, freeze_inverse
@@ -309,9 +308,9 @@ def test_depthwise_shifted_matches_conv1d(kernel_size, dilation):
     x, w, b = torch.randn(2, 6, 20), torch.randn(6, 1, kernel_size), torch.randn(6)
     pad = dilation * (kernel_size - 1) // 2
     ref = torch.nn.functional.conv1d(x, w, b, padding=pad, dilation=dilation, groups=6)
-    assert torch.allclose(_depthwise_shifted(x, w, b, dilation), ref, atol=1e-5)
+    assert torch.allclose(depthwise_shifted(x, w, b, dilation), ref, atol=1e-5)
     ref = torch.nn.functional.conv1d(x, w, None, padding=pad, dilation=dilation, groups=6)
-    assert torch.allclose(_depthwise_shifted(x, w, None, dilation), ref, atol=1e-5)
+    assert torch.allclose(depthwise_shifted(x, w, None, dilation), ref, atol=1e-5)
 
 
 @pytest.mark.parametrize("depthwise", [False, True])
@@ -388,7 +387,7 @@ def test_dilated_as_matmul_matches_conv1d(kernel_size, dilation):
     with torch.no_grad():
         for bias in (b, None):
             ref = torch.nn.functional.conv1d(x, w, bias, padding=pad, dilation=dilation)
-            assert torch.allclose(_dilated_as_matmul(x, w, bias, dilation), ref, atol=1e-5)
+            assert torch.allclose(dilated_as_matmul(x, w, bias, dilation), ref, atol=1e-5)
 
 
 def test_bf16_inference_path_and_autograd_numerics():

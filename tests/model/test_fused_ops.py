@@ -11,8 +11,8 @@ import contextlib
 import pytest
 import torch
 
-from waveglow.conditioner import WN, plain_training_ops
-from waveglow.fused_ops import gated_tanh_sigmoid
+from waveglow.conditioner import WN
+from waveglow.fused_ops import gated_tanh_sigmoid, plain_training_ops
 from waveglow.model import WaveGlow
 
 pytestmark = pytest.mark.usefixtures("single_thread")

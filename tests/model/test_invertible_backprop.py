@@ -224,15 +224,15 @@ def test_forward_walk_uses_the_autograd_products_for_1x1_convs(monkeypatch):
     """Invertible backprop's forward walk (no autograd, inside `autograd_numerics()`) runs the
     1×1 convs as the autograd recompute does (`baddbmm`), never oneDNN's inference product: with
     weights new every step that product cost 10 s of squeeze's 11 s invertible step."""
-    from waveglow import conditioner
+    from waveglow import conv_paths
 
     calls = []
-    monkeypatch.setattr(conditioner, "_onednn_linear_available", lambda: calls.append(1) or False)
+    monkeypatch.setattr(conv_paths, "_onednn_linear_available", lambda: calls.append(1) or False)
     x, w, b = torch.randn(2, 8, 5), torch.randn(6, 8, 1), torch.randn(6)
     expected = torch.baddbmm(b.view(1, -1, 1), w.squeeze(-1).expand(2, 6, 8), x)
-    with torch.no_grad(), conditioner.autograd_numerics():
-        inside = conditioner.pointwise_conv(x, w, b)
+    with torch.no_grad(), conv_paths.autograd_numerics():
+        inside = conv_paths.pointwise_conv(x, w, b)
     assert calls == [] and torch.equal(inside, expected)
     with torch.no_grad():
-        conditioner.pointwise_conv(x, w, b)
+        conv_paths.pointwise_conv(x, w, b)
     assert calls == [1]  # synthesis still asks for oneDNN's product

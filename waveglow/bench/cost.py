@@ -106,7 +106,7 @@ def register_flop_formulas() -> None:
     """Let `FlopCounterMode` count the oneDNN product of the 1×1 convs like a matmul.
 
     The conditioner's pointwise convolutions run as `torch.ops.mkldnn._linear_pointwise` on CPU
-    (see `waveglow.conditioner.pointwise_conv`), which torch's counter does not know; without
+    (see `waveglow.conv_paths.pointwise_conv`), which torch's counter does not know; without
     this formula operator-level MAC counts would miss them. X [M, K] times W [N, K]ᵀ: 2·M·N·K
     FLOPs. Must run before a `FlopCounterMode` is created (it copies the registry then);
     idempotent. Best effort: a missing op or changed counter internals only affect counting.

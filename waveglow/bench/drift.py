@@ -21,8 +21,8 @@ import torch
 
 from waveglow.bench.cases import check_model_spec, resolve_model
 from waveglow.checkpoint import build_model
-from waveglow.conditioner import autograd_numerics
 from waveglow.config import AudioConfig, to_dict
+from waveglow.conv_paths import autograd_numerics
 from waveglow.data.audio import load_audio
 from waveglow.mel import MelSpectrogram
 from waveglow.model import WaveGlow

@@ -20,8 +20,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from waveglow.bench.cases import GRAD_CLIP, resolve_model, train_batch
-from waveglow.conditioner import plain_training_ops
 from waveglow.config import AudioConfig
+from waveglow.fused_ops import plain_training_ops
 from waveglow.runtime import resolve_precision
 from waveglow.train.step import Stepper
 
